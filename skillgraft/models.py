@@ -26,15 +26,16 @@ log = logging.getLogger(__name__)
 class ArchSpec:
     kind: str    # "causal": label word read at the next-token position; "masked": at <mask>
     blocks: str  # regex on parameter names: the transformer blocks (graftable parameters)
+    head: str    # attribute of the model holding the LM head (applied to hidden states at the read position)
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": ArchSpec("causal", r"^model\.layers\.\d+\."),
-    "mistral": ArchSpec("causal", r"^model\.layers\.\d+\."),
-    "qwen2": ArchSpec("causal", r"^model\.layers\.\d+\."),
-    "gpt2": ArchSpec("causal", r"^transformer\.h\.\d+\."),
-    "roberta": ArchSpec("masked", r"^roberta\.encoder\.layer\.\d+\."),
-    "bert": ArchSpec("masked", r"^bert\.encoder\.layer\.\d+\."),
+    "llama": ArchSpec("causal", r"^model\.layers\.\d+\.", "lm_head"),
+    "mistral": ArchSpec("causal", r"^model\.layers\.\d+\.", "lm_head"),
+    "qwen2": ArchSpec("causal", r"^model\.layers\.\d+\.", "lm_head"),
+    "gpt2": ArchSpec("causal", r"^transformer\.h\.\d+\.", "lm_head"),
+    "roberta": ArchSpec("masked", r"^roberta\.encoder\.layer\.\d+\.", "lm_head"),
+    "bert": ArchSpec("masked", r"^bert\.encoder\.layer\.\d+\.", "cls"),
 }
 
 

@@ -1,0 +1,46 @@
+# Two commands set up everything on a fresh machine:
+#   make book   executes the notebooks on the embedded model and builds the book (_build/html)
+#   make test   unit tests, then nbval over the notebooks, then a book build from their outputs
+# Each target installs what it needs first and is quick when nothing changed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.skillgraft-installed
+export SKILLGRAFT_HOME ?= $(HOME)/.cache/skillgraft
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup assets book test unit nbval bench clean
+
+setup: $(STAMP) assets
+
+# torch==2.13.0 is pinned first: that release is a CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[book,test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (skillgraft)" >/dev/null
+	touch $(STAMP)
+
+assets: $(STAMP)
+	$(BIN)/skillgraft fetch
+
+book: setup
+	$(BIN)/skillgraft book
+
+unit: setup
+	$(BIN)/pytest tests
+
+nbval: setup
+	$(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
+
+test: unit nbval
+	$(BIN)/skillgraft book --no-execute
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf _build runs

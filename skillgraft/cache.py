@@ -1,0 +1,147 @@
+"""Content-addressed store for expensive artifacts (deltas, masks, metrics).
+
+An artifact's key is the sha256 of the canonical JSON of everything that produced it
+(model, task, data seed, configs, package version). An entry is a folder holding
+``tensors.safetensors`` (optional) and ``meta.json``; ``meta.json`` records the spec and
+the sha256 of the tensor file. Entries are written to a temporary folder and renamed
+into place, so a reader never sees half an entry; an entry whose checksum does not
+match is logged, removed and recomputed, never used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__, assets
+
+__all__ = ["Entry", "Store", "spec_key", "default_store"]
+
+log = logging.getLogger(__name__)
+
+TENSORS = "tensors.safetensors"
+META = "meta.json"
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return "nan"
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    return str(obj)
+
+
+def spec_key(spec: dict) -> str:
+    """sha256 of the canonical JSON of ``spec`` plus the package version."""
+    canon = json.dumps({"spec": _jsonable(spec), "skillgraft": __version__}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Entry:
+    """A cached artifact: name-keyed tensors plus JSON metadata."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+class Store:
+    """A folder of entries, ``root/kind/key``."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else assets.home() / "cache"
+
+    def path(self, kind: str, spec: dict) -> Path:
+        if not kind or "/" in kind or kind.startswith("."):
+            raise ValueError(f"invalid artifact kind {kind!r}: a plain folder name such as 'delta' or 'mask'")
+        return self.root / kind / spec_key(spec)
+
+    def load(self, kind: str, spec: dict) -> Entry | None:
+        """The entry for ``spec``, or None when absent or corrupted (a corrupted one is removed)."""
+        from safetensors.torch import load_file
+
+        path = self.path(kind, spec)
+        if not path.is_dir():
+            return None
+        try:
+            meta = json.loads((path / META).read_text())
+            tensors = {}
+            if meta.get("tensors_sha256") is not None:
+                if _file_sha256(path / TENSORS) != meta["tensors_sha256"]:
+                    raise ValueError("tensor file checksum mismatch")
+                tensors = load_file(path / TENSORS)
+        except (OSError, ValueError, KeyError) as err:  # json.JSONDecodeError is a ValueError
+            log.warning("cache entry %s is corrupted (%s); removing it and recomputing", path, err)
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        return Entry(tensors=tensors, meta=meta["data"], path=path)
+
+    def save(self, kind: str, spec: dict, tensors: dict[str, torch.Tensor] | None = None,
+             meta: dict | None = None) -> Entry:
+        """Write an entry atomically (temporary folder, then rename)."""
+        from safetensors.torch import save_file
+
+        final = self.path(kind, spec)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+        try:
+            digest = None
+            if tensors:
+                save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / TENSORS)
+                digest = _file_sha256(tmp / TENSORS)
+            record = {"spec": _jsonable(spec), "skillgraft": __version__, "tensors_sha256": digest,
+                      "data": _jsonable(meta or {})}
+            (tmp / META).write_text(json.dumps(record, sort_keys=True, indent=2))
+            if final.exists():  # a concurrent writer won; ours is identical by construction
+                shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Entry(tensors=dict(tensors or {}), meta=record["data"], path=final)
+
+    def get_or_compute(self, kind: str, spec: dict,
+                       compute: Callable[[], tuple[dict[str, torch.Tensor], dict]]) -> Entry:
+        """Load the entry for ``spec``, or run ``compute() -> (tensors, meta)`` and store it."""
+        entry = self.load(kind, spec)
+        if entry is not None:
+            log.info("cache hit: %s %s", kind, entry.path.name[:12])
+            return entry
+        tensors, meta = compute()
+        return self.save(kind, spec, tensors, meta)
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.exists() else 0
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def default_store() -> Store:
+    """The store under the current cache root (``$SKILLGRAFT_HOME/cache``)."""
+    return Store()

@@ -1,0 +1,223 @@
+"""Command line: ``skillgraft fetch | tasks | run | book | cache``.
+
+``skillgraft run NOTEBOOK -p name value`` checks every parameter against the
+notebook's ``parameters`` cell (name, and type of its default) before any computation,
+then executes the notebook with papermill into ``runs/`` (never over the book's copy).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+__all__ = ["main", "notebook_parameters", "check_parameters", "resolve_notebook"]
+
+log = logging.getLogger("skillgraft")
+
+
+class UsageError(ValueError):
+    """Bad input on the command line; the message names what is accepted."""
+
+
+def repo_root() -> Path:
+    """The compendium's root: the folder holding ``notebooks/`` (source checkout or cwd)."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "notebooks").is_dir() else Path.cwd()
+
+
+def list_notebooks(root: Path | None = None) -> list[Path]:
+    return sorted((root or repo_root()).joinpath("notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def resolve_notebook(name: str, root: Path | None = None) -> Path:
+    """``01``, ``01_single_task_grafting``, or a path to an .ipynb."""
+    path = Path(name)
+    if path.suffix == ".ipynb" and path.is_file():
+        return path
+    books = list_notebooks(root)
+    hits = [nb for nb in books if nb.stem == name or nb.stem.split("_", 1)[0] == name]
+    if len(hits) != 1:
+        raise UsageError(f"unknown notebook {name!r}; accepted: {', '.join(nb.stem for nb in books) or '(none found)'}")
+    return hits[0]
+
+
+def notebook_parameters(path: Path) -> dict:
+    """Defaults of the notebook's cell tagged ``parameters``, as Python values."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise UsageError(f"{path.name} must have exactly one cell tagged 'parameters' (found {len(cells)})")
+    params = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    params[target.id] = ast.literal_eval(node.value)
+    return params
+
+
+def _type_ok(value, default) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _check_values(params: dict) -> None:
+    """Checks of meaning that a type check cannot make (task names, devices)."""
+    from . import tasks
+    from .models import resolve_device
+
+    known = set(tasks.list_tasks())
+    for name, value in params.items():
+        if name == "tasks" or name.endswith("_tasks") or name.endswith("_task") or name == "task":
+            for task in value if isinstance(value, (list, tuple)) else [value]:
+                if task not in known:
+                    raise UsageError(f"parameter {name!r}: unknown task {task!r}; accepted: {', '.join(sorted(known))}")
+        if name == "device" and str(value) != "auto" and not str(value).startswith("cuda"):
+            resolve_device(value)
+
+
+def check_parameters(path: Path, given: dict) -> dict:
+    """Validate ``given`` against the notebook's parameters; returns it unchanged or raises UsageError."""
+    defaults = notebook_parameters(path)
+    for name, value in given.items():
+        if name not in defaults:
+            raise UsageError(f"unknown parameter {name!r} for {path.stem}; accepted: {', '.join(defaults)}")
+        if not _type_ok(value, defaults[name]):
+            raise UsageError(f"parameter {name!r} of {path.stem} expects {type(defaults[name]).__name__} "
+                             f"(default {defaults[name]!r}), got {type(value).__name__} {value!r}")
+    _check_values({**defaults, **given})
+    return given
+
+
+def _parse_params(pairs: list[list[str]], files: list[str]) -> dict:
+    params: dict = {}
+    for file in files:
+        data = yaml.safe_load(Path(file).read_text()) or {}
+        if not isinstance(data, dict):
+            raise UsageError(f"parameter file {file} must hold a mapping name: value")
+        params.update(data)
+    for name, raw in pairs:
+        params[name] = yaml.safe_load(raw)  # 3 -> int, 1e-4 -> float, [13, 42] -> list, cuda -> str
+    return params
+
+
+def execute(path: Path, output: Path, params: dict, cwd: Path | None = None) -> Path:
+    """Run a notebook with papermill; the output appears only if execution succeeded."""
+    import papermill as pm
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}-", suffix=".ipynb")
+    os.close(fd)
+    try:
+        pm.execute_notebook(str(path), tmp, parameters=params, cwd=str(cwd or path.parent),
+                            kernel_name="python3", progress_bar=False)
+        os.replace(tmp, output)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return output
+
+
+def cmd_fetch(args) -> None:
+    from . import assets
+
+    for name, path in assets.fetch_all().items():
+        print(f"{name:20s} {path}")
+
+
+def cmd_tasks(args) -> None:
+    from . import tasks
+
+    print(tasks.task_table().to_string(index=False))
+
+
+def cmd_run(args) -> None:
+    path = resolve_notebook(args.notebook)
+    params = check_parameters(path, _parse_params(args.param or [], args.file or []))
+    if args.dry_run:
+        print(f"{path.stem}: parameters OK: {params}")
+        return
+    output = Path(args.output) if args.output else Path(args.output_dir) / path.name
+    if output.resolve() == path.resolve():
+        raise UsageError("refusing to overwrite the book's notebook; choose another --output")
+    print(execute(path, output, params, cwd=path.parent))
+
+
+def cmd_book(args) -> None:
+    root = repo_root()
+    if not args.no_execute:
+        for nb in list_notebooks(root):
+            log.info("executing %s", nb.name)
+            execute(nb, nb, {}, cwd=nb.parent)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(root), "--warningiserror", "--keep-going", "-n"]
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit("book build failed (warnings are errors); see the messages above")
+
+
+def cmd_cache(args) -> None:
+    from .cache import default_store
+
+    store = default_store()
+    if args.clear:
+        store.clear()
+        print(f"cleared {store.root}")
+    else:
+        print(f"{store.root}: {store.size_bytes() / 1e6:.1f} MB")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skillgraft", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="fetch, verify and cache the embedded model and corpora").set_defaults(func=cmd_fetch)
+    sub.add_parser("tasks", help="list the tasks with sizes and classes").set_defaults(func=cmd_tasks)
+    run = sub.add_parser("run", help="execute a notebook with new parameters into runs/")
+    run.add_argument("notebook", help="e.g. 01 or 01_single_task_grafting")
+    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                     help="a parameter; VALUE is read as YAML (3, 1e-4, [13, 42], cuda)")
+    run.add_argument("-f", "--file", action="append", help="a YAML parameter file (e.g. configs/paper_scale.yaml)")
+    run.add_argument("--output-dir", default="runs")
+    run.add_argument("--output", help="output notebook path (default: OUTPUT_DIR/NAME.ipynb)")
+    run.add_argument("--dry-run", action="store_true", help="check the parameters and stop")
+    run.set_defaults(func=cmd_run)
+    book = sub.add_parser("book", help="execute the notebooks and build the book")
+    book.add_argument("--no-execute", action="store_true", help="build from the committed outputs")
+    book.set_defaults(func=cmd_book)
+    cache = sub.add_parser("cache", help="show the artifact cache size, or clear it")
+    cache.add_argument("--clear", action="store_true")
+    cache.set_defaults(func=cmd_cache)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .assets import AssetError
+
+    try:
+        args.func(args)
+    except (UsageError, AssetError, yaml.YAMLError, FileNotFoundError) as err:
+        print(f"skillgraft: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

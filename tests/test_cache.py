@@ -1,0 +1,84 @@
+"""The content-addressed artifact store."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from skillgraft.cache import Store, spec_key
+
+
+@dataclass
+class Cfg:
+    lr: float
+    steps: int
+
+
+def test_key_depends_on_every_part_of_the_spec():
+    base = {"model": "m", "task": "mr", "seed": 13, "cfg": Cfg(1e-3, 60)}
+    assert spec_key(base) == spec_key(dict(base))
+    assert spec_key(base) != spec_key({**base, "seed": 21})
+    assert spec_key(base) != spec_key({**base, "cfg": Cfg(1e-3, 61)})
+
+
+def test_round_trip_and_cheap_hit(tmp_path):
+    store = Store(tmp_path)
+    spec = {"task": "mr", "seed": 13}
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a.weight": torch.arange(6.0).reshape(2, 3)}, {"acc": 0.8}
+
+    first = store.get_or_compute("delta", spec, compute)
+    t0 = time.perf_counter()
+    second = store.get_or_compute("delta", spec, compute)
+    elapsed = time.perf_counter() - t0
+    assert calls == [1]
+    assert torch.equal(second.tensors["a.weight"], first.tensors["a.weight"])
+    assert second.meta == {"acc": 0.8}
+    assert elapsed < 1.0
+
+
+def test_corrupted_entry_is_recomputed(tmp_path):
+    store = Store(tmp_path)
+    spec = {"task": "mr"}
+    entry = store.save("delta", spec, {"w": torch.ones(4)}, {"n": 1})
+    blob = entry.path / "tensors.safetensors"
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert store.load("delta", spec) is None
+    assert not entry.path.exists()
+    again = store.get_or_compute("delta", spec, lambda: ({"w": torch.zeros(4)}, {"n": 2}))
+    assert again.meta == {"n": 2} and torch.equal(again.tensors["w"], torch.zeros(4))
+
+
+def test_garbled_metadata_is_recomputed(tmp_path):
+    store = Store(tmp_path)
+    entry = store.save("metrics", {"k": 1}, None, {"acc": 0.5})
+    (entry.path / "meta.json").write_text("{not json")
+    assert store.load("metrics", {"k": 1}) is None
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    store = Store(tmp_path)
+    with pytest.raises(AttributeError):  # a value that is not a tensor fails mid-write
+        store.save("delta", {"k": 1}, {"w": "not a tensor"}, {})
+    assert store.load("delta", {"k": 1}) is None
+    assert [p for p in (tmp_path / "delta").iterdir()] == []
+
+
+def test_meta_is_sorted_json_with_spec(tmp_path):
+    entry = Store(tmp_path).save("metrics", {"b": 2, "a": 1}, None, {"z": 1, "y": float("nan")})
+    record = json.loads((entry.path / "meta.json").read_text())
+    assert record["spec"] == {"a": 1, "b": 2}
+    assert record["data"] == {"y": "nan", "z": 1}
+
+
+def test_bad_kind_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="invalid artifact kind"):
+        Store(tmp_path).path("../x", {})

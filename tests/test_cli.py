@@ -1,0 +1,64 @@
+"""The command line: parameter checks before any computation, clear errors, non-zero exits."""
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from skillgraft import cli
+
+
+@pytest.fixture
+def notebook_dir(tmp_path):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('model = "smollm2-135m"\ntasks = ["mr", "bbc"]\nseeds = [13, 42]\n'
+                                       'sparsity = 1e-4\nsteps = 60\ndevice = "cpu"\nverbose = False')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Test"), params, nbformat.v4.new_code_cell("result = steps * 2")]
+    nbformat.write(nb, nbdir / "01_demo.ipynb")
+    return tmp_path
+
+
+def test_notebook_parameters_are_read(notebook_dir):
+    path = cli.resolve_notebook("01", notebook_dir)
+    assert path.name == "01_demo.ipynb"
+    assert cli.notebook_parameters(path)["seeds"] == [13, 42]
+
+
+def test_unknown_notebook_names_the_accepted_ones(notebook_dir):
+    with pytest.raises(cli.UsageError, match="unknown notebook '07'; accepted: 01_demo"):
+        cli.resolve_notebook("07", notebook_dir)
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"stepz": 3}, "unknown parameter 'stepz' for 01_demo; accepted: model, tasks, seeds"),
+    ({"steps": "many"}, "parameter 'steps' of 01_demo expects int"),
+    ({"sparsity": True}, "parameter 'sparsity' of 01_demo expects float"),
+    ({"seeds": 13}, "parameter 'seeds' of 01_demo expects list"),
+])
+def test_bad_parameters_are_rejected(notebook_dir, given, message):
+    path = cli.resolve_notebook("01", notebook_dir)
+    with pytest.raises(cli.UsageError, match=message):
+        cli.check_parameters(path, given)
+
+
+def test_good_parameters_pass_and_ints_count_as_floats(notebook_dir):
+    path = cli.resolve_notebook("01", notebook_dir)
+    assert cli.check_parameters(path, {"sparsity": 1, "seeds": [1]}) == {"sparsity": 1, "seeds": [1]}
+
+
+def test_values_are_read_as_yaml(tmp_path):
+    pfile = tmp_path / "p.yaml"
+    pfile.write_text("steps: 1000\nseeds: [100, 13]\n")
+    params = cli._parse_params([["sparsity", "1e-4"], ["device", "cuda"], ["steps", "5"]], [str(pfile)])
+    assert params == {"steps": 5, "seeds": [100, 13], "sparsity": 1e-4, "device": "cuda"}
+
+
+def test_cli_exits_non_zero_and_writes_nothing(notebook_dir, monkeypatch, capsys):
+    monkeypatch.chdir(notebook_dir)
+    monkeypatch.setattr(cli, "repo_root", lambda: notebook_dir)
+    code = cli.main(["run", "01", "-p", "stepz", "3", "--output-dir", str(notebook_dir / "runs")])
+    assert code == 2
+    assert "unknown parameter 'stepz'" in capsys.readouterr().err
+    assert not (notebook_dir / "runs").exists()
