@@ -1,0 +1,362 @@
+"""Every figure of the book, drawn from the tidy frames that :mod:`skillgraft.experiments` returns.
+
+Each function takes a DataFrame (schema in its docstring), returns a matplotlib
+``Figure`` with a title, axis labels and a legend, so that it reads without the text,
+and never shows it. One colour per variant, :data:`VARIANT_COLORS` (Okabe–Ito based,
+colour-blind safe), is used in every figure so that "graft" looks the same throughout
+the book. The backend is left to the caller (notebooks, or ``MPLBACKEND=Agg`` in tests).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from .metrics import rank_correlation
+
+__all__ = [
+    "VARIANT_COLORS", "MODULE_COLORS", "variant_palette",
+    "accuracy_vs_sparsity", "mask_location", "reliability_diagrams", "metric_bars",
+    "ood_accuracy", "heatmap", "heatmaps", "similarity_vs_overlap",
+]
+
+log = logging.getLogger(__name__)
+
+VARIANT_COLORS: dict[str, str] = {
+    "zero-shot": "#999999",      # grey: the pre-trained model, a reference
+    "fine-tuned": "#0072B2",     # blue
+    "fine-tuned+TS": "#56B4E9",  # sky blue: fine-tuned with temperature scaling
+    "graft": "#D55E00",          # vermillion: the paper's localized graft
+    "top-movement": "#E69F00",   # orange: largest |δ| baseline
+    "random": "#8C510A",         # brown: random mask baseline
+    "stitched": "#CC79A7",       # reddish purple
+    "sequential": "#000000",     # black
+    "multitask": "#009E73",      # bluish green
+}
+MODULE_COLORS: dict[str, str] = {"attention": "#0072B2", "mlp": "#E69F00", "norm": "#999999"}
+_EXTRA = sns.color_palette("dark", 10).as_hex()  # for variants or modules not listed above
+_PANEL = (3.8, 3.0)  # inches per panel (width, height)
+_LABELS = {"ece": "ECE", "nll": "NLL", "brier": "Brier score", "accuracy": "accuracy"}  # axis names of metric columns
+
+
+# ----------------------------------------------------------------------------- helpers
+def _require(df, columns: Iterable[str], where: str) -> pd.DataFrame:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{where}: expected a pandas DataFrame; got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: frame lacks column(s) {missing}; expected columns {list(columns)}, got {list(df.columns)}")
+    if df.empty:
+        raise ValueError(f"{where}: frame is empty")
+    return df
+
+
+def _order(values: Iterable, preferred: Sequence = ()) -> list:
+    """Unique values: those in ``preferred`` first (in its order), then the rest as they appear."""
+    seen = list(dict.fromkeys(values))
+    return [v for v in preferred if v in seen] + [v for v in seen if v not in preferred]
+
+
+def _colors(keys: Sequence, table: Mapping[str, str]) -> dict:
+    extra = iter(_EXTRA * (1 + len(keys) // len(_EXTRA)))
+    return {k: table[k] if k in table else next(extra) for k in keys}
+
+
+def variant_palette(variants: Iterable[str]) -> dict[str, str]:
+    """Colours for ``variants``: :data:`VARIANT_COLORS` where listed, a fallback otherwise."""
+    return _colors(_order(variants, list(VARIANT_COLORS)), VARIANT_COLORS)
+
+
+def _grid(n_rows: int, n_cols: int, title: str, **kw) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(_PANEL[0] * n_cols, _PANEL[1] * n_rows + 0.6),
+                             squeeze=False, layout="constrained", **kw)
+    fig.suptitle(title)
+    return fig, axes
+
+
+def _figure_legend(fig: Figure, axes) -> None:
+    """One legend for the whole figure, below the panels, from the labelled artists of all axes."""
+    handles = {}
+    for ax in np.ravel(axes):
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 5), frameon=False)
+
+
+# ----------------------------------------------------------------------------- single-task grafting
+def accuracy_vs_sparsity(df: pd.DataFrame, variants: Sequence[str] = ("graft", "top-movement", "random"),
+                         references: Sequence[str] = ("fine-tuned", "zero-shot"), title: str | None = None) -> Figure:
+    """Test accuracy against mask sparsity, one panel per task.
+
+    Frame: the single-task results frame, columns ``task, seed, variant, sparsity``
+    (fraction |γ|/N of graftable parameters; NaN for variants without a mask) and
+    ``accuracy``. Mask ``variants`` are drawn as mean lines with a ±1 sd band over seeds;
+    ``references`` (no mask) as dashed horizontal lines at their mean over seeds.
+    """
+    _require(df, ["task", "seed", "variant", "sparsity", "accuracy"], "accuracy_vs_sparsity")
+    masked = df[df["variant"].isin(variants) & df["sparsity"].notna()]
+    if masked.empty:
+        raise ValueError(f"accuracy_vs_sparsity: no rows with a sparsity for variants {list(variants)}; "
+                         f"variants present: {sorted(df['variant'].unique())}")
+    tasks = _order(df["task"])
+    colors = variant_palette(list(df["variant"]))
+    n_seeds = df["seed"].nunique()
+    fig, axes = _grid(1, len(tasks), title or f"Accuracy of masked models vs sparsity (mean ± sd over {n_seeds} seed(s))")
+    for ax, task in zip(axes[0], tasks):
+        sub = df[df["task"] == task]
+        for v in _order(masked["variant"], variants):
+            g = sub[(sub["variant"] == v) & sub["sparsity"].notna()].groupby("sparsity")["accuracy"].agg(["mean", "std"])
+            if g.empty:
+                continue
+            x, sd = g.index.to_numpy() * 100, g["std"].fillna(0).to_numpy()  # percent of graftable parameters
+            ax.plot(x, g["mean"], marker="o", color=colors[v], label=v)
+            ax.fill_between(x, g["mean"] - sd, g["mean"] + sd, color=colors[v], alpha=0.2, linewidth=0)
+        for v in references:
+            ref = sub.loc[sub["variant"] == v, "accuracy"]
+            if len(ref):
+                ax.axhline(ref.mean(), color=colors.get(v, "black"), linestyle="--", label=f"{v} (mean)")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+        ax.set(title=task, xlabel="mask size (% of graftable parameters)", ylabel="test accuracy")
+        ax.grid(alpha=0.3)
+    _figure_legend(fig, axes)
+    return fig
+
+
+def mask_location(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """Where the mask sits: share of mask entries per layer, stacked by module, one panel per task.
+
+    Frame: columns ``task, layer`` (int), ``module`` ("attention" | "mlp" | "norm") and
+    ``share`` (fraction of the mask; sums to 1 per task and seed). With a ``seed``
+    column, shares are averaged over seeds (a missing layer counts as 0).
+    """
+    _require(df, ["task", "layer", "module", "share"], "mask_location")
+    tasks, layers = _order(df["task"]), sorted(df["layer"].unique())
+    modules = _order(df["module"], list(MODULE_COLORS))
+    colors = _colors(modules, MODULE_COLORS)
+    fig, axes = _grid(1, len(tasks), title or "Where the graft mask sits: share of its entries per layer and module",
+                      sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        sub = df[df["task"] == task].assign(seed=df["seed"] if "seed" in df else 0)
+        seeds = sub["seed"].unique()
+        table = (sub.groupby(["seed", "layer", "module"])["share"].sum().unstack("module")
+                 .reindex(pd.MultiIndex.from_product([seeds, layers], names=["seed", "layer"]))
+                 .reindex(columns=modules).fillna(0.0).groupby("layer").mean())  # (layers, modules)
+        bottom = np.zeros(len(layers))
+        for m in modules:
+            ax.bar(layers, table[m], bottom=bottom, color=colors[m], label=m, width=0.8)
+            bottom += table[m].to_numpy()
+        ax.set(title=task, xlabel="layer", ylabel="share of mask entries")
+        ax.set_xticks(layers if len(layers) <= 16 else layers[:: max(1, len(layers) // 12)])
+        ax.grid(axis="y", alpha=0.3)
+    _figure_legend(fig, axes)
+    return fig
+
+
+# ----------------------------------------------------------------------------- calibration
+def _pool_bins(sub: pd.DataFrame) -> pd.DataFrame:
+    """Merge rows of the same bin (e.g. seeds), weighting confidence and accuracy by count."""
+    w = sub.assign(cw=sub["confidence"].fillna(0) * sub["count"], aw=sub["accuracy"].fillna(0) * sub["count"])
+    g = w.groupby("bin").agg(lower=("lower", "first"), upper=("upper", "first"), count=("count", "sum"),
+                             cw=("cw", "sum"), aw=("aw", "sum"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return g.assign(confidence=g["cw"] / g["count"], accuracy=g["aw"] / g["count"]).reset_index()
+
+
+def reliability_diagrams(df: pd.DataFrame, ece: Mapping | None = None, title: str | None = None) -> Figure:
+    """Reliability diagrams: rows = tasks, columns = variants.
+
+    Frame: columns ``task, variant, bin, lower, upper, count, confidence, accuracy``
+    (one :func:`skillgraft.metrics.reliability_bins` frame per task and variant, stacked;
+    rows of several seeds are pooled by count). Bars show the accuracy per confidence
+    bin, hatched bars the gap to the bin's mean confidence, the dashed line perfect
+    calibration. Each title carries the ECE: from ``ece`` (a mapping
+    ``{(task, variant): value}``), else the mean of an ``ece`` column, else computed
+    from the pooled bins.
+    """
+    _require(df, ["task", "variant", "bin", "lower", "upper", "count", "confidence", "accuracy"], "reliability_diagrams")
+    tasks, variants = _order(df["task"]), _order(df["variant"], list(VARIANT_COLORS))
+    colors = variant_palette(variants)
+    fig, axes = _grid(len(tasks), len(variants), title or "Reliability diagrams (10 equal-width bins of top-class confidence)",
+                      sharex=True, sharey=True)
+    for r, task in enumerate(tasks):
+        for c, variant in enumerate(variants):
+            ax, sub = axes[r, c], df[(df["task"] == task) & (df["variant"] == variant)]
+            ax.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1, zorder=3, label="perfect calibration")
+            ax.set(xlim=(0, 1), ylim=(0, 1))
+            if sub.empty:
+                ax.set_title(f"{task} · {variant}\n(no data)")
+                continue
+            b = _pool_bins(sub)
+            full = b[b["count"] > 0]
+            width = (full["upper"] - full["lower"]).to_numpy()
+            ax.bar(full["lower"], full["accuracy"], width=width, align="edge", color=colors[variant],
+                   edgecolor="black", linewidth=0.5, label="accuracy in bin")
+            ax.bar(full["lower"], full["confidence"] - full["accuracy"], bottom=full["accuracy"], width=width,
+                   align="edge", facecolor="none", edgecolor="#333333", hatch="///", linewidth=0.5,
+                   label="gap to mean confidence")
+            if ece is not None and (task, variant) in ece:
+                value = ece[(task, variant)]
+            elif "ece" in sub:
+                value = sub["ece"].mean()
+            else:
+                value = float(np.sum(full["count"] * np.abs(full["accuracy"] - full["confidence"])) / b["count"].sum())
+            ax.set_title(f"{task} · {variant}\nECE = {value:.3f}")
+        axes[r, 0].set_ylabel("accuracy")
+    for ax in axes[-1]:
+        ax.set_xlabel("confidence (top-class probability)")
+    _figure_legend(fig, axes)
+    return fig
+
+
+def metric_bars(df: pd.DataFrame, metric: str, x: str = "variant", hue: str | None = None,
+                col: str | None = "task", title: str | None = None, sharey: bool = True) -> Figure:
+    """Grouped bars of ``metric``: mean over seeds, ±1 sd whiskers, one dot per row (seed).
+
+    Frame: tidy, with columns ``metric``, ``x`` and, if given, ``hue`` and ``col`` (one
+    panel per value of ``col``). Used for ECE / Brier / NLL by variant and for OOD
+    accuracy per target set. Variants keep their colours from :data:`VARIANT_COLORS`.
+    """
+    _require(df, [c for c in (metric, x, hue, col) if c is not None], "metric_bars")
+    colour_by = hue or x
+    preferred = list(VARIANT_COLORS) if colour_by == "variant" else []
+    hue_order = _order(df[colour_by], preferred)
+    palette = variant_palette(hue_order) if colour_by == "variant" else dict(zip(hue_order, sns.color_palette("colorblind", len(hue_order))))
+    x_order = _order(df[x], list(VARIANT_COLORS) if x == "variant" else [])
+    panels = _order(df[col]) if col else [None]
+    label = _LABELS.get(metric, metric.replace("_", " "))
+    fig, axes = _grid(1, len(panels), title or f"{label} by {x} (bars: mean, whiskers: ±1 sd, dots: seeds)", sharey=sharey)
+    for ax, value in zip(axes[0], panels):
+        sub = df if value is None else df[df[col] == value]
+        common = dict(data=sub, x=x, y=metric, hue=colour_by, order=x_order, hue_order=hue_order, ax=ax)
+        sns.barplot(**common, palette=palette, errorbar="sd", capsize=0.1, legend=hue is not None)
+        sns.stripplot(**common, palette={h: "black" for h in hue_order}, dodge=hue is not None, size=3,
+                      alpha=0.6, legend=False)
+        ax.set(title=f"{col} = {value}" if value is not None else label, xlabel=x, ylabel=label)
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.grid(axis="y", alpha=0.3)
+    _figure_legend(fig, axes)
+    return fig
+
+
+def ood_accuracy(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """Accuracy on each evaluation set for models trained on a source task, one panel per source.
+
+    Frame: columns ``source, target, variant, accuracy`` (and ``seed``; optional
+    boolean ``in_distribution``, else a target equal to its source counts as in-distribution).
+    Grouped bars per target (mean ± sd over seeds, dots = seeds); the in-distribution
+    target comes first, on a shaded background, with its tick label marked.
+    """
+    _require(df, ["source", "target", "variant", "accuracy"], "ood_accuracy")
+    sources = _order(df["source"])
+    variants = _order(df["variant"], list(VARIANT_COLORS))
+    palette = variant_palette(variants)
+    fig, axes = _grid(1, len(sources), title or "Out-of-distribution accuracy (shaded: in-distribution test set)",
+                      sharey=True)
+    for ax, source in zip(axes[0], sources):
+        sub = df[df["source"] == source]
+        is_id = sub["in_distribution"].astype(bool) if "in_distribution" in sub else sub["target"] == source
+        in_dist = _order(sub.loc[is_id, "target"])
+        targets = in_dist + [t for t in _order(sub["target"]) if t not in in_dist]
+        for i, t in enumerate(targets):
+            if t in in_dist:
+                ax.axvspan(i - 0.5, i + 0.5, color="#E8E8E8", zorder=0)
+        common = dict(data=sub, x="target", y="accuracy", hue="variant", order=targets, hue_order=variants, ax=ax)
+        sns.barplot(**common, palette=palette, errorbar="sd", capsize=0.1)
+        sns.stripplot(**common, palette={v: "black" for v in variants}, dodge=True, size=3, alpha=0.6, legend=False)
+        ax.set_xticks(range(len(targets)), [f"{t}\n(in-dist.)" if t in in_dist else t for t in targets])
+        for tick, t in zip(ax.get_xticklabels(), targets):
+            tick.set_fontweight("bold" if t in in_dist else "normal")
+        ax.set(title=f"trained on {source}", xlabel="evaluated on", ylabel="test accuracy")
+        ax.grid(axis="y", alpha=0.3)
+    _figure_legend(fig, axes)
+    return fig
+
+
+# ----------------------------------------------------------------------------- matrices
+def _check_matrix(matrix, where: str) -> pd.DataFrame:
+    if not isinstance(matrix, pd.DataFrame) or matrix.empty:
+        raise ValueError(f"{where}: expected a non-empty DataFrame (rows and columns labelled); got {type(matrix).__name__}")
+    return matrix.astype(float)
+
+
+def _draw_matrix(ax, matrix: pd.DataFrame, fmt: str, vmin, vmax, cmap, cbar: bool) -> None:
+    sns.heatmap(matrix, ax=ax, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, cmap=cmap, cbar=cbar,
+                square=True, linewidths=0.5, linecolor="white", annot_kws={"fontsize": 8})
+    ax.set_xlabel(matrix.columns.name or "")
+    ax.set_ylabel(matrix.index.name or "")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.tick_params(axis="y", labelrotation=0)
+
+
+def heatmap(matrix: pd.DataFrame, title: str, fmt: str = ".2f", vmin: float | None = None,
+            vmax: float | None = None, cmap: str = "viridis") -> Figure:
+    """Annotated heatmap of a labelled matrix (overlap, cross-graft or continual accuracy).
+
+    Row and column labels come from the index and columns; axis titles from their
+    ``.name``. NaN cells (e.g. tasks not yet seen) stay blank. Two axes: matrix and colour bar.
+    """
+    matrix = _check_matrix(matrix, "heatmap")
+    size = 1.0 + 0.7 * max(matrix.shape)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size), layout="constrained")
+    _draw_matrix(ax, matrix, fmt, vmin, vmax, cmap, cbar=True)
+    ax.set_title(title)
+    return fig
+
+
+def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str, fmt: str = ".2f", vmin: float | None = None,
+             vmax: float | None = None, cmap: str = "viridis") -> Figure:
+    """Several labelled matrices side by side, one panel each (titled by key), sharing one colour scale.
+
+    ``vmin``/``vmax`` default to the range over all matrices. Axes: one per matrix plus the colour bar.
+    """
+    if not isinstance(matrices, Mapping) or not matrices:
+        raise ValueError("heatmaps: expected a non-empty dict {panel title: DataFrame}")
+    mats = {k: _check_matrix(m, f"heatmaps[{k!r}]") for k, m in matrices.items()}
+    values = np.concatenate([m.to_numpy().ravel() for m in mats.values()])
+    vmin = float(np.nanmin(values)) if vmin is None else vmin
+    vmax = float(np.nanmax(values)) if vmax is None else vmax
+    size = 1.0 + 0.7 * max(max(m.shape) for m in mats.values())
+    fig, axes = plt.subplots(1, len(mats), figsize=(size * len(mats) + 1.2, size + 0.5), layout="constrained", squeeze=False)
+    for ax, (name, m) in zip(axes[0], mats.items()):
+        _draw_matrix(ax, m, fmt, vmin, vmax, cmap, cbar=False)
+        ax.set_title(name)
+    fig.colorbar(axes[0, 0].collections[0], ax=list(axes[0]), shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: str = "task similarity",
+                          ylabel: str = "region overlap") -> Figure:
+    """Scatter of task-pair similarity against region overlap, points labelled by pair.
+
+    Frame: columns ``pair, similarity, overlap`` and optionally ``kind`` (colour, e.g.
+    "sentiment–sentiment"). The title reports Spearman's rho over all pairs.
+    """
+    _require(df, ["pair", "similarity", "overlap"], "similarity_vs_overlap")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
+    hue = "kind" if "kind" in df else None
+    sns.scatterplot(data=df, x="similarity", y="overlap", hue=hue, s=50, ax=ax,
+                    palette=sns.color_palette("colorblind", df[hue].nunique()) if hue else None)
+    for _, row in df.iterrows():
+        ax.annotate(str(row["pair"]), (row["similarity"], row["overlap"]), xytext=(4, 4),
+                    textcoords="offset points", fontsize=7)
+    head = title or "Region overlap vs task similarity"
+    if len(df) >= 3:
+        rc = rank_correlation(df["similarity"], df["overlap"])
+        p = "p < 0.001" if rc.pvalue < 1e-3 else f"p = {rc.pvalue:.2g}"
+        head += f"\nSpearman ρ = {rc.rho:.2f} ({p}, n = {rc.n} pairs)"
+    else:
+        head += f"\n(n = {len(df)} pairs: too few for a rank correlation)"
+    ax.set(title=head, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    return fig
