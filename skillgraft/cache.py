@@ -102,6 +102,13 @@ class Store:
             return None
         return Entry(tensors=tensors, meta=meta["data"], path=path)
 
+    def load_meta(self, kind: str, spec: dict) -> dict | None:
+        """Only the JSON metadata of an entry (no tensor read, no checksum)."""
+        try:
+            return json.loads((self.path(kind, spec) / META).read_text())["data"]
+        except (OSError, ValueError, KeyError):
+            return None
+
     def save(self, kind: str, spec: dict, tensors: dict[str, torch.Tensor] | None = None,
              meta: dict | None = None) -> Entry:
         """Write an entry atomically (temporary folder, then rename)."""

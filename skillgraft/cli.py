@@ -114,8 +114,22 @@ def _parse_params(pairs: list[list[str]], files: list[str]) -> dict:
             raise UsageError(f"parameter file {file} must hold a mapping name: value")
         params.update(data)
     for name, raw in pairs:
-        params[name] = yaml.safe_load(raw)  # 3 -> int, 1e-4 -> float, [13, 42] -> list, cuda -> str
+        params[name] = _value(raw)
     return params
+
+
+def _value(raw: str):
+    """A command-line value read as YAML (3 -> int, [13, 42] -> list, cuda -> str), with
+    YAML 1.1's gap filled: ``1e-4`` and ``1e7`` are floats, not strings."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [_value(str(v)) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def execute(path: Path, output: Path, params: dict, cwd: Path | None = None) -> Path:
@@ -166,7 +180,8 @@ def cmd_book(args) -> None:
             log.info("executing %s", nb.name)
             execute(nb, nb, {}, cwd=nb.parent)
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(root), "--warningiserror", "--keep-going", "-n"]
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(root), "--builder", "html", "--warningiserror", "--nitpick",
+           "--keep-going", "--all"]
     if subprocess.run(cmd).returncode != 0:
         raise SystemExit("book build failed (warnings are errors); see the messages above")
 

@@ -51,8 +51,8 @@ def test_good_parameters_pass_and_ints_count_as_floats(notebook_dir):
 def test_values_are_read_as_yaml(tmp_path):
     pfile = tmp_path / "p.yaml"
     pfile.write_text("steps: 1000\nseeds: [100, 13]\n")
-    params = cli._parse_params([["sparsity", "1e-4"], ["device", "cuda"], ["steps", "5"]], [str(pfile)])
-    assert params == {"steps": 5, "seeds": [100, 13], "sparsity": 1e-4, "device": "cuda"}
+    params = cli._parse_params([["sparsity", "1e-4"], ["device", "cuda"], ["steps", "5"], ["lrs", "[1e7, 3e-3]"]], [str(pfile)])
+    assert params == {"steps": 5, "seeds": [100, 13], "sparsity": 1e-4, "device": "cuda", "lrs": [1e7, 3e-3]}
 
 
 def test_cli_exits_non_zero_and_writes_nothing(notebook_dir, monkeypatch, capsys):
