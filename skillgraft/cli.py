@@ -22,6 +22,9 @@ __all__ = ["main", "notebook_parameters", "check_parameters", "resolve_notebook"
 log = logging.getLogger("skillgraft")
 
 
+TASK_PARAMETERS = ("task", "tasks", "sources", "targets", "sequence")  # values must be registered task names
+
+
 class UsageError(ValueError):
     """Bad input on the command line; the message names what is accepted."""
 
@@ -85,7 +88,7 @@ def _check_values(params: dict) -> None:
 
     known = set(tasks.list_tasks())
     for name, value in params.items():
-        if name == "tasks" or name.endswith("_tasks") or name.endswith("_task") or name == "task":
+        if name in TASK_PARAMETERS:
             for task in value if isinstance(value, (list, tuple)) else [value]:
                 if task not in known:
                     raise UsageError(f"parameter {name!r}: unknown task {task!r}; accepted: {', '.join(sorted(known))}")

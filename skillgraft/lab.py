@@ -1,0 +1,227 @@
+"""The cached steps every experiment is made of.
+
+A :class:`Lab` holds one pre-trained model (loaded once) and the artifact store. Its
+steps — split, fine-tune, localize, predict — each return what a notebook needs and
+store it under a key that hashes everything that produced it, so notebooks that share
+settings share work: notebook 02 on notebook 01's parameters costs only cache reads.
+Grafts are applied to the one model in place and reverted exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from . import finetune as ft
+from . import graft as gr
+from . import tasks as tk
+from .cache import Store, default_store
+from .localization import GraftConfig, localize
+from .models import load_lm
+
+__all__ = ["Lab", "Variant", "get_lab"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model to evaluate: θ_pre + γ ⊙ δ, described by the specs that produced δ and γ."""
+
+    name: str                  # "zero-shot", "fine-tuned", "graft", "top-movement", "random", "stitched", ...
+    delta: dict | None = None  # spec of δ (None: the pre-trained model)
+    mask: dict | None = None   # spec of γ (None with a delta: the whole delta)
+    sparsity: float = float("nan")
+
+
+class Lab:
+    """One model, one store; cached experiment steps."""
+
+    def __init__(self, model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64,
+                 test_size: int = 200, store: Store | None = None):
+        self.model_name, self.max_length, self.test_size = model, max_length, test_size
+        self.lm = load_lm(model, device=device)
+        self.store = store or default_store()
+        self._deltas: dict[str, dict] = {}   # spec key -> delta, the last few in memory
+        self._masks: dict[str, gr.Mask] = {}
+
+    # ---------------------------------------------------------------- data
+    def classifier(self, task: str) -> "tk.PromptClassifier":
+        return _classifier(self, task)
+
+    def splits(self, task: str, k: int, seed: int) -> tk.Splits:
+        """Seeded k-shot train/dev and the fixed test split (of ``self.test_size``)."""
+        return _splits(task, k, seed, self.test_size)
+
+    def _base(self, **spec) -> dict:
+        return {"model": self.model_name, "max_length": self.max_length, "test_size": self.test_size, **spec}
+
+    # ---------------------------------------------------------------- fine-tuning
+    def delta_spec(self, tasks: list[str] | str, k: int, seed: int, cfg: ft.FinetuneConfig,
+                   mode: str = "single", stage: int | None = None) -> dict:
+        """What identifies a fine-tuned delta: tasks, k, data seed, config, and mode
+        ("single", "multitask", or "sequential" with the stage index)."""
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        return self._base(tasks=tasks, k=k, seed=seed, finetune=asdict(cfg), mode=mode, stage=stage)
+
+    def delta(self, spec: dict) -> dict[str, torch.Tensor]:
+        """The delta for ``spec``: from memory, the store, or by fine-tuning.
+
+        Two derived kinds are computed from others and kept in memory only:
+        ``{"of": a, "minus": b}`` is δ_a − δ_b (a stage's own update in continual
+        learning), and ``{"stitch": [mask specs]}`` merges those grafts (:func:`graft.stitch`).
+        """
+        key = repr(sorted((k, repr(v)) for k, v in spec.items()))
+        if key in self._deltas:
+            return self._deltas[key]
+        if "of" in spec or "stitch" in spec:
+            if "of" in spec:
+                value = self.delta(spec["of"])
+                if spec["minus"] is not None:
+                    minus = self.delta(spec["minus"])
+                    value = {n: v - minus[n] for n, v in value.items()}
+            else:
+                parts = dict(enumerate(spec["stitch"]))
+                value = gr.stitch({i: self.mask(m) for i, m in parts.items()},
+                                  {i: self.delta(m["delta"]) for i, m in parts.items()}).delta
+            self._remember(self._deltas, key, value)
+            return value
+        entry = self.store.load("delta", spec)
+        if entry is None:
+            self._finetune(spec)
+            entry = self.store.load("delta", spec)
+        self._remember(self._deltas, key, entry.tensors)
+        return entry.tensors
+
+    def delta_meta(self, spec: dict) -> dict:
+        """Fine-tuning history and best dev accuracy of the delta for ``spec``."""
+        self.delta(spec)
+        return self.store.load_meta("delta", spec)
+
+    def _finetune(self, spec: dict) -> None:
+        cfg = ft.FinetuneConfig(**spec["finetune"])
+        items = []
+        for task in spec["tasks"]:
+            s = self.splits(task, spec["k"], spec["seed"])
+            items.append((self.classifier(task), s.train, s.dev))
+        if spec["mode"] == "single":
+            results = [ft.finetune(*items[0], cfg, progress=False)]
+        elif spec["mode"] == "multitask":
+            results = [ft.finetune_multitask(items, cfg, progress=False)]
+        else:  # sequential: every stage is stored, each under its own spec
+            results = ft.finetune_sequential(items, cfg, progress=False)
+        for i, res in enumerate(results):
+            stage_spec = spec if spec["mode"] != "sequential" else {**spec, "stage": i}
+            meta = {"history": res.history.to_dict("records"), "best_step": res.best_step,
+                    "best_dev_acc": res.best_dev_acc}
+            self.store.save("delta", stage_spec, res.delta, meta)
+
+    # ---------------------------------------------------------------- masks
+    def mask_spec(self, delta_spec: dict, how: str, sparsity: float, task: str | None = None,
+                  cfg: GraftConfig | None = None, base: dict | None = None, seed: int = 0) -> dict:
+        """``how`` is "graft" (localized on ``task``'s data, on top of the delta ``base``
+        if given), "top-movement" or "random"."""
+        if how not in ("graft", "top-movement", "random"):
+            raise ValueError(f"unknown mask kind {how!r}; accepted: graft, top-movement, random")
+        spec = {"delta": delta_spec, "how": how, "sparsity": sparsity}
+        if how == "graft":
+            spec.update(task=task, graft=asdict(replace(cfg, sparsity=sparsity)), base=base)
+        if how == "random":
+            spec.update(seed=seed)
+        return spec
+
+    def mask(self, spec: dict) -> gr.Mask:
+        key = repr(sorted((k, repr(v)) for k, v in spec.items()))
+        if key in self._masks:
+            return self._masks[key]
+        delta = self.delta(spec["delta"])
+        if spec["how"] == "top-movement":
+            mask = gr.top_movement(delta, spec["sparsity"])
+        elif spec["how"] == "random":
+            mask = gr.random_mask(delta, spec["sparsity"], seed=spec["seed"])
+        else:
+            entry = self.store.load("mask", spec)
+            if entry is None:
+                entry = self._localize(spec, delta)
+            mask = gr.Mask({n: t.bool() for n, t in entry.tensors.items()}, meta=entry.meta)
+        self._remember(self._masks, key, mask, keep=6)
+        return mask
+
+    def _localize(self, spec: dict, delta: dict):
+        cfg = GraftConfig(**spec["graft"])  # the data seed and k are those of the delta
+        s = self.splits(spec["task"], spec["delta"]["k"], spec["delta"]["seed"])
+        base = self.delta(spec["base"]) if spec.get("base") else None
+        with (gr.apply_delta(self.lm.model, base) if base is not None else contextlib.nullcontext()):
+            res = localize(self.classifier(spec["task"]), delta, s.train, s.dev, cfg, progress=False)
+        meta = {"history": res.history.to_dict("records"), "count": res.mask.count, "best_epoch": res.best_epoch,
+                "sparsity": res.mask.sparsity, "base_count": res.base.count}
+        return self.store.save("mask", spec, {n: t.to(torch.uint8) for n, t in res.mask.items()}, meta)
+
+    # ---------------------------------------------------------------- evaluation
+    def predict(self, task: str, variant: Variant, split: str = "test", k: int = 16, seed: int = 0,
+                prompt_task: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (N, C) and labels of ``variant`` on ``task``'s split.
+
+        ``prompt_task`` scores ``task``'s texts with another task's prompt (OOD transfer).
+        Dev splits depend on (k, seed); the test split does not.
+        """
+        spec = self._base(task=task, prompt_task=prompt_task, split=split,
+                          k=k if split != "test" else None, seed=seed if split != "test" else None,
+                          delta=variant.delta, mask=variant.mask)
+        entry = self.store.load("probs", spec)
+        if entry is None:
+            data = self.splits(task, k, seed)[split]
+            clf = self.classifier(prompt_task or task)
+            with self.apply(variant):
+                probs = clf.predict_proba(data, batch_size=16)
+            entry = self.store.save("probs", spec, {"probs": torch.from_numpy(probs),
+                                                    "labels": torch.tensor(data["label"])}, {})
+        return entry.tensors["probs"].numpy(), entry.tensors["labels"].numpy()
+
+    @contextlib.contextmanager
+    def apply(self, variant: Variant):
+        """The model of ``variant``, in place, reverted exactly on exit."""
+        if variant.delta is None:
+            yield self.lm.model
+            return
+        delta = self.delta(variant.delta)
+        if variant.mask is None:
+            with gr.apply_delta(self.lm.model, delta):
+                yield self.lm.model
+        else:
+            with gr.grafted(self.lm.model, delta, self.mask(variant.mask)):
+                yield self.lm.model
+
+    @staticmethod
+    def _remember(memo: dict, key, value, keep: int = 3) -> None:
+        memo[key] = value
+        while len(memo) > keep:
+            memo.pop(next(iter(memo)))
+
+
+@lru_cache(maxsize=64)
+def _splits(task: str, k: int, seed: int, test_size: int) -> tk.Splits:
+    return tk.load_splits(task, k=k, seed=seed, test_size=test_size)
+
+
+def _classifier(lab: Lab, task: str):
+    cache = lab.__dict__.setdefault("_classifiers", {})
+    if task not in cache:
+        cache[task] = tk.get_task(task).classifier(lab.lm, max_length=lab.max_length)
+    return cache[task]
+
+
+_LABS: dict[tuple, Lab] = {}
+
+
+def get_lab(model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64, test_size: int = 200) -> Lab:
+    """A shared :class:`Lab` per setting: the model loads once per process."""
+    key = (model, device, max_length, test_size)
+    if key not in _LABS:
+        _LABS.clear()  # one model in memory at a time
+        _LABS[key] = Lab(model, device, max_length, test_size)
+    return _LABS[key]
