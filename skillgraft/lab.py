@@ -110,8 +110,10 @@ class Lab:
             items.append((self.classifier(task), s.train, s.dev))
         if spec["mode"] == "single":
             results = [ft.finetune(*items[0], cfg, progress=False)]
-        elif spec["mode"] == "multitask":
-            results = [ft.finetune_multitask(items, cfg, progress=False)]
+        elif spec["mode"] == "multitask":  # the step budget is per task: each step trains one task
+            n = len(items)
+            results = [ft.finetune_multitask(items, replace(cfg, steps=cfg.steps * n, eval_every=cfg.eval_every * n),
+                                             progress=False)]
         else:  # sequential: every stage is stored, each under its own spec
             results = ft.finetune_sequential(items, cfg, progress=False)
         for i, res in enumerate(results):

@@ -1,0 +1,123 @@
+"""PromptClassifier on tiny random LMs: rendering, read positions, equivalence with the full model."""
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from skillgraft.models import LM
+from skillgraft.prompt import Prompt, PromptClassifier, template_fields
+
+CAUSAL = Prompt("review : {text} sentiment :", (" negative", " positive"))
+MASKED = Prompt("{text} it was {mask} .", (" terrible", " great"))
+TEXTS = ["the movie was fun", "a dull boring plot and awful acting , the film is bad", "lovely"]
+
+
+@pytest.fixture
+def causal(tiny_llama, tokenizer):
+    return PromptClassifier(LM(tiny_llama, tokenizer, "tiny-llama", "causal"), CAUSAL)
+
+
+@pytest.fixture
+def masked(tiny_roberta, tokenizer):
+    return PromptClassifier(LM(tiny_roberta, tokenizer, "tiny-roberta", "masked"), MASKED)
+
+
+def test_render_fills_text_and_mask(causal, masked):
+    assert causal.render({"text": "the  movie\n was fun"}) == "review : the movie was fun sentiment :"
+    assert masked.render({"text": "lovely"}) == "lovely it was <mask> ."
+    assert template_fields("{premise} ? {mask} , {hypothesis}") == ("premise", "mask", "hypothesis")
+    assert Prompt("{premise} ? {mask} , {hypothesis}", ("no", "yes")).text_fields == ("premise", "hypothesis")
+
+
+def test_read_position_causal_is_last_real_token(causal, tokenizer):
+    batch = causal.encode({"text": TEXTS, "label": [1, 0, 1]})
+    assert batch["input_ids"].shape[0] == 3 and batch["labels"].tolist() == [1, 0, 1]
+    lengths = batch["attention_mask"].sum(1)
+    assert (lengths < batch["input_ids"].shape[1]).any()  # the batch really is padded
+    assert torch.equal(batch["read_pos"], lengths - 1)
+    last = batch["input_ids"][torch.arange(3), batch["read_pos"]]
+    assert set(last.tolist()) == {tokenizer.convert_tokens_to_ids(":")}
+
+
+def test_read_position_masked_is_mask_token(masked, tokenizer):
+    batch = masked.encode({"text": TEXTS})
+    assert "labels" not in batch
+    at = batch["input_ids"][torch.arange(3), batch["read_pos"]]
+    assert (at == tokenizer.mask_token_id).all()
+
+
+@pytest.mark.parametrize("which", ["causal", "masked"])
+def test_class_logits_equal_full_model_logits(which, request):
+    clf = request.getfixturevalue(which)
+    batch = clf.encode({"text": TEXTS})
+    got = clf.class_logits(batch)
+    with torch.no_grad():
+        full = clf.lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    want = full[torch.arange(3), batch["read_pos"]][:, clf.label_ids]
+    assert got.shape == (3, 2)
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-5)
+    # padding does not change an example's scores: each one alone gives the same logits
+    for i, text in enumerate(TEXTS):
+        alone = clf.class_logits(clf.encode({"text": [text]}))
+        torch.testing.assert_close(alone.detach()[0], got.detach()[i], rtol=1e-4, atol=1e-5)
+
+
+def test_loss_is_differentiable_cross_entropy(causal):
+    batch = causal.encode({"text": TEXTS, "label": [1, 0, 1]})
+    loss = causal.loss(batch)
+    want = torch.nn.functional.cross_entropy(causal.class_logits(batch), batch["labels"])
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    grads = [p.grad for n, p in causal.lm.model.named_parameters() if "layers.0." in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_truncation_cuts_text_not_template(tiny_llama, tokenizer):
+    clf = PromptClassifier(LM(tiny_llama, tokenizer, "tiny", "causal"), CAUSAL, max_length=10)
+    long = " ".join(["good"] * 50)
+    batch = clf.encode({"text": [long, "fun"]})
+    ids = batch["input_ids"][0]
+    assert batch["attention_mask"][0].sum() <= 10
+    tail = tokenizer.convert_ids_to_tokens(ids[: int(batch["read_pos"][0]) + 1].tolist())[-2:]
+    assert tail == ["sentiment", ":"]
+    assert int(batch["read_pos"][1]) == 4  # review : fun sentiment :
+
+
+def test_predict_proba_and_accuracy(masked):
+    ds = datasets.Dataset.from_dict({"text": TEXTS * 3, "label": [0, 1, 0] * 3})
+    proba = masked.predict_proba(ds, batch_size=4)
+    assert proba.shape == (9, 2)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(proba[:3], proba[3:6], rtol=1e-5)  # order restored after length sorting
+    batch = masked.encode({"text": TEXTS})
+    want = torch.softmax(masked.class_logits(batch), -1).detach().numpy()
+    np.testing.assert_allclose(proba[:3], want, rtol=1e-4, atol=1e-6)
+    acc = masked.accuracy(ds)
+    assert acc == pytest.approx(float((proba.argmax(1) == np.array([0, 1, 0] * 3)).mean()))
+
+
+def test_predict_proba_restores_training_mode(causal):
+    causal.lm.model.train()
+    causal.predict_proba(datasets.Dataset.from_dict({"text": TEXTS}))
+    assert causal.lm.model.training
+
+
+def test_errors(tiny_llama, tiny_roberta, tokenizer):
+    llama = LM(tiny_llama, tokenizer, "tiny-llama", "causal")
+    roberta = LM(tiny_roberta, tokenizer, "tiny-roberta", "masked")
+    with pytest.raises(ValueError, match="distinct first sub-tokens"):
+        PromptClassifier(llama, Prompt("{text} sentiment :", (" good movie", " good film")))
+    with pytest.raises(ValueError, match="no {mask} slot"):
+        PromptClassifier(roberta, Prompt("{text} it was", (" bad", " good")))
+    with pytest.raises(ValueError, match="must not contain {mask}"):
+        PromptClassifier(llama, MASKED)
+    with pytest.raises(ValueError, match="no text slot"):
+        Prompt("it was {mask} .", (" bad", " good"))
+    with pytest.raises(ValueError, match="at least two"):
+        Prompt("{text}", (" good",))
+    with pytest.raises(ValueError, match="missing"):
+        Prompt("{premise} ? {mask}", ("no", "yes")).check_fields(("premise", "hypothesis"))
+    with pytest.raises(ValueError, match="lacks text field"):
+        PromptClassifier(llama, CAUSAL).encode({"sentence": ["fun"]})
