@@ -52,8 +52,8 @@ class Setting:
                    finetune=FinetuneConfig(**ft), graft=GraftConfig(**{"sparsity": 1e-4, **gr}))
 
 
-def _scores(probs: np.ndarray, labels: np.ndarray) -> dict:
-    return mt.calibration_summary(probs, labels)
+def _scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> dict:
+    return mt.calibration_summary(probs, labels, n_bins)
 
 
 # ---------------------------------------------------------------------------- 01: single task
@@ -130,8 +130,9 @@ class Calibration:
     reliability: pd.DataFrame  # task, variant, bin, lower, upper, count, confidence, accuracy, gap (seeds pooled)
 
 
-def calibration(tasks: list[str], seeds: list[int], sparsity: float, setting: Setting) -> Calibration:
-    """Zero-shot, fine-tuned (plain and temperature-scaled on dev) and grafted models."""
+def calibration(tasks: list[str], seeds: list[int], sparsity: float, setting: Setting, n_bins: int = 10) -> Calibration:
+    """Zero-shot, fine-tuned (plain and temperature-scaled on dev) and grafted models;
+    ECE and reliability bins with ``n_bins`` equal-width confidence bins."""
     lab = setting.lab()
     rows, pooled = [], {}
     for task, seed in itertools.product(tasks, seeds):
@@ -140,21 +141,21 @@ def calibration(tasks: list[str], seeds: list[int], sparsity: float, setting: Se
         variants = [Variant("zero-shot"), Variant("fine-tuned", delta=dspec), Variant("graft", dspec, mspec, sparsity)]
         for v in variants:
             probs, labels = lab.predict(task, v)
-            rows.append(dict(task=task, seed=seed, variant=v.name, temperature=1.0, **_scores(probs, labels)))
+            rows.append(dict(task=task, seed=seed, variant=v.name, temperature=1.0, **_scores(probs, labels, n_bins)))
             pooled.setdefault((task, v.name), []).append((probs, labels))
         # temperature scaling of the fine-tuned model, fitted on its dev predictions
         dev_probs, dev_labels = lab.predict(task, variants[1], split="dev", k=setting.k, seed=seed)
         temp = mt.fit_temperature(np.log(np.clip(dev_probs, 1e-12, None)), dev_labels)
         probs, labels = pooled[(task, "fine-tuned")][-1]
         scaled = mt.softmax(np.log(np.clip(probs, 1e-12, None)), temperature=temp)
-        rows.append(dict(task=task, seed=seed, variant="fine-tuned+TS", temperature=temp, **_scores(scaled, labels)))
+        rows.append(dict(task=task, seed=seed, variant="fine-tuned+TS", temperature=temp, **_scores(scaled, labels, n_bins)))
         pooled.setdefault((task, "fine-tuned+TS"), []).append((scaled, labels))
     bins = []
     for (task, variant), parts in pooled.items():
         probs = np.concatenate([p for p, _ in parts])
         labels = np.concatenate([y for _, y in parts])
-        bins.append(mt.reliability_bins(probs, labels).assign(task=task, variant=variant,
-                                                               ece=mt.ece(probs, labels)))
+        bins.append(mt.reliability_bins(probs, labels, n_bins).assign(task=task, variant=variant,
+                                                                       ece=mt.ece(probs, labels, n_bins)))
     return Calibration(pd.DataFrame(rows), pd.concat(bins, ignore_index=True))
 
 
