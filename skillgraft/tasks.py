@@ -390,8 +390,10 @@ def task_table(sizes: bool = True) -> pd.DataFrame:
     """One row per task: name, source, family, classes and, for offline tasks, pool sizes after cleaning."""
     rows = []
     for t in (TASKS[name] for name in list_tasks()):
+        causal = t.prompts.get("causal")
         row = {"name": t.name, "source": t.source, "family": t.family, "classes": ", ".join(t.class_names),
-               "pool": None, "per_class": None, "description": t.description}
+               "pool": None, "per_class": None, "causal_template": causal.template if causal else None,
+               "label_words": "/".join(w.strip() for w in causal.label_words) if causal else None}
         if sizes and t.source == "offline":
             counts = np.bincount(load_pool(t)[0]["label"], minlength=len(t.class_names))
             row.update(pool=int(counts.sum()), per_class=" / ".join(str(int(n)) for n in counts))
