@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import metrics as mt
 from .finetune import FinetuneConfig
-from .graft import GraftConfig
+from .graft import GraftConfig, num_graftable
 from .lab import Variant, get_lab
 
 __all__ = ["Setting", "SingleTask", "single_task", "calibration", "ood", "multitask", "continual"]
@@ -52,6 +52,11 @@ class Setting:
                    finetune=FinetuneConfig(**ft), graft=GraftConfig(**{"sparsity": 1e-4, **gr}))
 
 
+def _records(rows: list[dict]) -> pd.DataFrame:
+    """A history stored as JSON records (NaN saved as "nan") back as a numeric frame."""
+    return pd.DataFrame(rows).replace("nan", np.nan).infer_objects()
+
+
 def _scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> dict:
     return mt.calibration_summary(probs, labels, n_bins)
 
@@ -84,16 +89,16 @@ def single_task(tasks: list[str], seeds: list[int], sparsities: list[float], set
             rows.append(dict(task=task, seed=seed, variant="zero-shot", sparsity=np.nan, mask_size=0, **zs))
             for v in _single_variants(lab, setting, task, seed, sparsities):
                 probs, labels = lab.predict(task, v)
-                size = lab.mask(v.mask).count if v.mask else np.nan
+                size = lab.mask_count(v.mask) if v.mask else np.nan
                 rows.append(dict(task=task, seed=seed, variant=v.name, sparsity=v.sparsity, mask_size=size,
                                  **_scores(probs, labels)))
                 if v.name == "graft":
-                    mask = lab.mask(v.mask)
-                    locs.append(mask.by_layer_module().assign(task=task, seed=seed, sparsity=v.sparsity))
-                    hists.append(pd.DataFrame(mask.meta["history"]).assign(task=task, seed=seed, sparsity=v.sparsity))
+                    tag = dict(task=task, seed=seed, sparsity=v.sparsity)
+                    locs.append(pd.DataFrame(lab.mask_location(v.mask)).assign(**tag))
+                    hists.append(_records(lab.mask_history(v.mask)).assign(**tag))
                 if v.name == "fine-tuned":
                     meta = lab.delta_meta(v.delta)
-                    fts.append(pd.DataFrame(meta["history"]).assign(task=task, seed=seed))
+                    fts.append(_records(meta["history"]).assign(task=task, seed=seed))
     return SingleTask(pd.DataFrame(rows), pd.concat(locs, ignore_index=True), pd.concat(hists, ignore_index=True),
                       pd.concat(fts, ignore_index=True))
 
@@ -278,8 +283,10 @@ def continual(sequence: list[str], seed: int, sparsity: float, setting: Setting)
     summary = pd.DataFrame([dict(method=m, average_accuracy=mt.average_accuracy(r),
                                  backward_transfer=mt.backward_transfer(r) if len(r) > 1 else np.nan,
                                  forgetting=mt.forgetting(r) if len(r) > 1 else np.nan) for m, r in R.items()])
-    regions = pd.DataFrame([dict(stage=t + 1, task=task, region_size=lab.mask(mspecs[t]).count,
-                                 sparsity=lab.mask(mspecs[t]).sparsity) for t, task in enumerate(sequence)])
+    counts = [lab.mask_count(m) for m in mspecs]
+    total = num_graftable(lab.lm.model)
+    regions = pd.DataFrame([dict(stage=t + 1, task=task, region_size=n, sparsity=n / total)
+                            for t, (task, n) in enumerate(zip(sequence, counts))])
     return Continual(R, summary, regions)
 
 

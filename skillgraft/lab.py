@@ -99,8 +99,11 @@ class Lab:
 
     def delta_meta(self, spec: dict) -> dict:
         """Fine-tuning history and best dev accuracy of the delta for ``spec``."""
-        self.delta(spec)
-        return self.store.load_meta("delta", spec)
+        meta = self.store.load_meta("delta", spec)
+        if meta is None:
+            self.delta(spec)
+            meta = self.store.load_meta("delta", spec)
+        return meta
 
     def _finetune(self, spec: dict) -> None:
         cfg = ft.FinetuneConfig(**spec["finetune"])
@@ -140,18 +143,32 @@ class Lab:
         key = repr(sorted((k, repr(v)) for k, v in spec.items()))
         if key in self._masks:
             return self._masks[key]
-        delta = self.delta(spec["delta"])
         if spec["how"] == "top-movement":
-            mask = gr.top_movement(delta, spec["sparsity"])
+            mask = gr.top_movement(self.delta(spec["delta"]), spec["sparsity"])
         elif spec["how"] == "random":
-            mask = gr.random_mask(delta, spec["sparsity"], seed=spec["seed"])
+            mask = gr.random_mask(self.delta(spec["delta"]), spec["sparsity"], seed=spec["seed"])
         else:
-            entry = self.store.load("mask", spec)
-            if entry is None:
-                entry = self._localize(spec, delta)
+            entry = self.store.load("mask", spec) or self._localize(spec, self.delta(spec["delta"]))
             mask = gr.Mask({n: t.bool() for n, t in entry.tensors.items()}, meta=entry.meta)
         self._remember(self._masks, key, mask, keep=6)
         return mask
+
+    def mask_count(self, spec: dict) -> int:
+        """|γ| without building the mask where it is known: baselines have the exact target count."""
+        if spec["how"] != "graft":
+            return gr._count_for(spec["sparsity"], gr.num_graftable(self.lm.model))
+        meta = self.store.load_meta("mask", spec)
+        return meta["count"] if meta else self.mask(spec).count
+
+    def mask_history(self, spec: dict) -> list[dict]:
+        """Per-epoch localization history of a graft mask (from its metadata)."""
+        meta = self.store.load_meta("mask", spec)
+        return (meta or self.mask(spec).meta)["history"]
+
+    def mask_location(self, spec: dict) -> list[dict]:
+        """Share of the mask per layer and module kind, cached as JSON beside the mask."""
+        return self.store.get_or_compute(
+            "location", spec, lambda: ({}, {"rows": self.mask(spec).by_layer_module().to_dict("records")})).meta["rows"]
 
     def _localize(self, spec: dict, delta: dict):
         cfg = GraftConfig(**spec["graft"])  # the data seed and k are those of the delta

@@ -1,0 +1,220 @@
+"""Prompt-based fine-tuning (LM-BFF) of the graftable parameters: single-task, multi-task, sequential.
+
+Only the transformer blocks train; the embeddings and the LM head stay frozen (the official
+``fix_embeddings``/``fix_head``; with tied embeddings they are one tensor). The result is
+δ = θ_ft − θ_pre over the graftable parameters, and the model is put back to θ_pre
+bit-exactly, so one pre-trained model serves every graft in place. Batches come from
+seeded generators, so a CPU rerun gives identical numbers.
+
+Memory: besides the model, one copy of the graftable parameters (θ_pre, to form δ and to
+restore), the gradients, the best checkpoint when ``keep_best``, and AdamW's two moments.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .graft import Delta, only_graftable_trainable, snapshot
+
+__all__ = ["OPTIMIZERS", "FinetuneConfig", "FinetuneResult", "optimizer_groups", "finetune",
+           "finetune_multitask", "finetune_sequential"]
+
+log = logging.getLogger(__name__)
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class FinetuneConfig:
+    """Prompt-based fine-tuning (official ``run_task.sh``: SGD, lr 1e-3, batch 2, 1000 steps)."""
+
+    optimizer: str = "sgd"              # "sgd" (official) | "adamw"; Adam's per-entry steps make |δ| uninformative
+    lr: float = 3e-3                    # constant learning rate; 3e-3 suits SGD on the embedded 135M model
+    steps: int = 60                     # optimizer steps, one batch each
+    batch_size: int = 8                 # training examples per step
+    weight_decay: float = 1e-4          # on weight matrices only, not on biases and norm weights (official)
+    eval_every: int = 20                # steps between dev evaluations; the last step is always evaluated
+    keep_best: bool = True              # return the best-dev checkpoint (official), else the last
+    seed: int = 0                       # batch order (and dropout when train_mode)
+    max_grad_norm: float | None = None  # clip the global gradient norm; None: no clipping (HF Trainer's default: 1.0)
+    train_mode: bool = False            # dropout during steps (HF Trainer does); off: deterministic, Llama has none
+    eval_batch_size: int = 32           # examples per forward in dev evaluation
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("lr", "weight_decay") + (("max_grad_norm",) if self.max_grad_norm is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (name != "weight_decay" and value == 0):
+                raise ValueError(f"{name} must be a finite number {'≥' if name == 'weight_decay' else '>'} 0, "
+                                 f"got {value!r}" + (" (or None)" if name == "max_grad_norm" else ""))
+        for name, low in (("steps", 1), ("batch_size", 1), ("eval_every", 1), ("seed", 0), ("eval_batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        for name in ("keep_best", "train_mode"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+@dataclass
+class FinetuneResult:
+    delta: Delta            # θ_kept − θ_pre over the graftable parameters (sequential: cumulative from θ_pre)
+    history: pd.DataFrame   # per step: step, task, train_loss, seconds (the step), dev_acc (NaN between evaluations)
+    best_step: int          # evaluated step with the best (mean) dev accuracy, first on ties; kept if keep_best
+    best_dev_acc: float
+    config: FinetuneConfig
+
+
+def optimizer_groups(params: Mapping[str, nn.Parameter], weight_decay: float) -> list[dict]:
+    """Two groups: weight matrices with ``weight_decay``; biases and norm weights (1-D) without (LM-BFF)."""
+    def no_decay(n: str, p: Tensor) -> bool:
+        return p.ndim < 2 or n.endswith("bias") or "norm" in n.lower()
+    decay = [n for n, p in params.items() if not no_decay(n, p)]
+    rest = [n for n, p in params.items() if no_decay(n, p)]
+    return [{"params": [params[n] for n in decay], "param_names": decay, "weight_decay": weight_decay},
+            {"params": [params[n] for n in rest], "param_names": rest, "weight_decay": 0.0}]
+
+
+def _make_optimizer(params: Mapping[str, nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    groups = [g for g in optimizer_groups(params, cfg.weight_decay) if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _stream_seed(seed: int, index: int) -> int:
+    """An independent seed per task stream, from (config seed, task index)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _batches(dataset, batch_size: int, seed: int) -> Iterator[dict[str, list]]:
+    """Endless seeded batches: a fresh permutation each pass, the last batch of a pass may be short."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(dataset), generator=gen).tolist()
+        for i in range(0, len(order), batch_size):
+            yield dataset[order[i:i + batch_size]]
+
+
+def _shared_model(items: Sequence[tuple]) -> nn.Module:
+    if not items:
+        raise ValueError("need at least one (classifier, train, dev) item")
+    for i, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 3:
+            raise ValueError(f"item {i} must be a (PromptClassifier, train Dataset, dev Dataset) tuple")
+        if len(item[1]) == 0 or len(item[2]) == 0:
+            raise ValueError(f"item {i}: train and dev must be non-empty, got {len(item[1])} and {len(item[2])}")
+    model = items[0][0].lm.model
+    if any(item[0].lm.model is not model for item in items):
+        raise ValueError("all classifiers must wrap the same model object (one model, several prompts)")
+    return model
+
+
+@torch.no_grad()
+def _load(params: Mapping[str, nn.Parameter], values: Mapping[str, Tensor]) -> None:
+    for n, p in params.items():
+        p.copy_(values[n])
+
+
+def _train(params: Mapping[str, nn.Parameter], items: Sequence[tuple], cfg: FinetuneConfig,
+           origin: Mapping[str, Tensor], first_index: int, progress: bool, desc: str) -> FinetuneResult:
+    """Steps from the current weights, one task per step (round-robin); leaves the kept weights in the model."""
+    model = items[0][0].lm.model
+    opt = _make_optimizer(params, cfg)
+    streams = [_batches(train, cfg.batch_size, _stream_seed(cfg.seed, first_index + i))
+               for i, (_, train, _) in enumerate(items)]
+    rows, best_step, best_acc, best_theta = [], 0, -math.inf, None
+    for step in tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress):
+        task, start = (step - 1) % len(items), time.perf_counter()
+        clf = items[task][0]
+        model.train(cfg.train_mode)
+        loss = clf.loss(clf.encode(next(streams[task])))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
+        opt.step()
+        row = {"step": step, "task": first_index + task, "train_loss": float(loss.detach()),
+               "seconds": time.perf_counter() - start, "dev_acc": math.nan}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            model.eval()
+            accs = [c.accuracy(dev, batch_size=cfg.eval_batch_size) for c, _, dev in items]
+            row["dev_acc"] = float(np.mean(accs))
+            if len(items) > 1:
+                row.update({f"dev_acc_{first_index + i}": a for i, a in enumerate(accs)})
+            log.info("%s step %d: train loss %.4f, dev acc %.4f", desc, step, row["train_loss"], row["dev_acc"])
+            if row["dev_acc"] > best_acc:
+                best_step, best_acc = step, row["dev_acc"]
+                if cfg.keep_best and step != cfg.steps:
+                    best_theta = best_theta or {n: torch.empty_like(p) for n, p in params.items()}
+                    _load(best_theta, {n: p.detach() for n, p in params.items()})
+        rows.append(row)
+    model.eval()
+    if cfg.keep_best and best_step != cfg.steps:
+        _load(params, best_theta)
+    with torch.no_grad():
+        delta = {n: p.detach() - origin[n] for n, p in params.items()}
+    return FinetuneResult(delta=delta, history=pd.DataFrame(rows), best_step=best_step, best_dev_acc=best_acc,
+                          config=cfg)
+
+
+@contextlib.contextmanager
+def _session(model: nn.Module, cfg: FinetuneConfig) -> Iterator[tuple[dict[str, nn.Parameter], Delta]]:
+    """Graftable parameters trainable, θ_pre held once and restored bit-exactly on exit (also on error)."""
+    origin = snapshot(model)
+    rng = torch.random.fork_rng(devices=[]) if cfg.train_mode else contextlib.nullcontext()
+    with only_graftable_trainable(model, cfg.train_mode) as params, rng:
+        if cfg.train_mode:
+            torch.manual_seed(cfg.seed)  # dropout masks, inside a forked RNG state
+        try:
+            yield params, origin
+        finally:
+            _load(params, origin)
+
+
+def finetune(clf, train, dev, cfg: FinetuneConfig | None = None, progress: bool = True) -> FinetuneResult:
+    """Fine-tune ``clf``'s model on one task; return δ and the history. The model ends at θ_pre.
+
+    ``clf`` is a :class:`skillgraft.prompt.PromptClassifier`; ``train`` and ``dev`` are
+    ``datasets.Dataset`` with the prompt's text fields and ``label``.
+    """
+    return finetune_multitask([(clf, train, dev)], cfg, progress)
+
+
+def finetune_multitask(items: Sequence[tuple], cfg: FinetuneConfig | None = None,
+                       progress: bool = True) -> FinetuneResult:
+    """One model on several tasks at once: step s trains on task s mod T (one task per batch, each
+    with its own template and label words); dev accuracy is the mean over tasks. Ends at θ_pre.
+
+    ``items``: (PromptClassifier, train, dev) per task, all classifiers over the same model.
+    """
+    cfg = cfg or FinetuneConfig()
+    model = _shared_model(items)
+    with _session(model, cfg) as (params, origin):
+        return _train(params, items, cfg, origin, 0, progress, "finetune")
+
+
+def finetune_sequential(items: Sequence[tuple], cfg: FinetuneConfig | None = None,
+                        progress: bool = True) -> list[FinetuneResult]:
+    """Task 1, then from there task 2, …; result t's delta is θ_t − θ_pre (cumulative), so stage t's own
+    change is delta_t − delta_{t−1}. Each stage keeps its best-dev checkpoint (if ``keep_best``) and
+    the next starts from it. The model ends at θ_pre.
+    """
+    cfg = cfg or FinetuneConfig()
+    model = _shared_model(items)
+    results = []
+    with _session(model, cfg) as (params, origin):
+        for t, item in enumerate(items):
+            results.append(_train(params, [item], cfg, origin, t, progress, f"finetune task {t}"))
+    return results

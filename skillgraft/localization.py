@@ -1,0 +1,259 @@
+"""Localization by grafting: the paper's algorithm (official ``graft_trainer.py``), step by step.
+
+γ_base is the top-movement base patch; S (one real score per graftable entry, S ~ U[0, 1))
+parametrizes the relaxed graft frac = γ_base + (1 − 2γ_base)·σ(S − b). One epoch is one
+hand-written gradient step on S over the whole train set; after each, round(frac) is
+grafted and scored, and the mask with the best train + dev accuracy is kept.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from tqdm.auto import tqdm
+
+from .graft import (Delta, Mask, _add_exact, _check_names, _count_for, _shapes, _sub_exact, graftable_parameters,
+                    grafted, only_graftable_trainable, top_movement)
+
+__all__ = ["SELECT", "GraftConfig", "LocalizeResult", "init_scores", "relaxed_frac", "localize"]
+
+log = logging.getLogger(__name__)
+SELECT = ("train+dev", "dev", "last")  # what keeps a mask
+
+
+@dataclass
+class GraftConfig:
+    """Localization by grafting, as the official ``graft_trainer.py``; saved beside its mask."""
+
+    sparsity: float = 1e-4        # fraction of the N graftable entries in the base patch γ_base (top movement)
+    sigmoid_bias: float = 10.0    # b in σ(S − b): large, so frac starts ≈ γ_base (official 10; L&S 5)
+    lr: float = 1e7               # step on S (official 1e7); ∇θL⊙δ is tiny: pick on dev, lr·|g·δ|·σ' ~ O(1)
+    epochs: int = 10              # hand-written steps on S, each over the whole train set (official 10)
+    l1: float = 0.0               # L1 penalty on the relaxed graft size Σ frac (Localize-and-Stitch 10); official: 0
+    batch_size: int = 8           # examples per forward/backward; gradients are averaged over the batches
+    eval_batch_size: int = 32     # examples per forward when scoring train and dev accuracy
+    seed: int = 0                 # seeds S ~ U[0, 1)
+    select: str = "train+dev"     # which accuracy keeps a mask: "train+dev" (official), "dev", "last"
+    include_base: bool = True     # the base patch (epoch 0) competes in the selection (official: it does not)
+    keep_scores: bool = False     # return the final S: one fp32 per graftable entry, a model-sized tensor
+
+    def __post_init__(self):
+        _count_for(self.sparsity, 1)
+        for name in ("sigmoid_bias", "lr", "l1"):
+            value, low = getattr(self, name), -math.inf if name == "sigmoid_bias" else 0.0
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number{'' if low < 0 else ' ≥ 0'}, got {value!r}")
+        for name, low in (("epochs", 0), ("batch_size", 1), ("eval_batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        if self.select not in SELECT:
+            raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
+        for name in ("include_base", "keep_scores"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+@dataclass
+class LocalizeResult:
+    mask: Mask                   # round(frac) of the kept epoch
+    base: Mask                   # γ_base: top movement at config.sparsity
+    history: pd.DataFrame        # one row per epoch (0 = the base patch): count, accuracies, loss, |g·δ| scale
+    best_epoch: int              # the epoch whose mask was kept
+    config: GraftConfig
+    scores: Delta | None = None  # the final S, when config.keep_scores
+
+
+class _Sparse:
+    """A mask as sorted flat positions per parameter (int64): grafts are sparse, so this stays small."""
+
+    def __init__(self, index: dict[str, Tensor], shapes: Mapping[str, torch.Size]):
+        self.index, self.shapes = index, dict(shapes)
+        self.count = sum(i.numel() for i in index.values())
+
+    @classmethod
+    def from_mask(cls, mask: Mask) -> "_Sparse":
+        index = {n: m.reshape(-1).nonzero().squeeze(1) for n, m in mask.items()}
+        return cls(index, {n: m.shape for n, m in mask.items()})
+
+    def mask(self, meta: Mapping | None = None) -> Mask:
+        out = {}
+        for n, i in self.index.items():
+            out[n] = torch.zeros(self.shapes[n], dtype=torch.bool, device=i.device)
+            out[n].view(-1)[i] = True
+        return Mask(out, meta)
+
+    def added(self, base: "_Sparse") -> int:
+        """Entries here that are not in ``base``."""
+        return sum(int((~torch.isin(i, base.index[n])).sum()) for n, i in self.index.items())
+
+
+class _Workspace:
+    """Flat scratch buffers as large as the largest parameter: per-parameter temporaries without allocations."""
+
+    def __init__(self, params: Mapping[str, Tensor]):
+        self.size = max(p.numel() for p in params.values())
+        self.device, self.buffers = next(iter(params.values())).device, {}
+
+    def __call__(self, slot: int, numel: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        if (slot, dtype) not in self.buffers:
+            self.buffers[slot, dtype] = torch.empty(self.size, dtype=dtype, device=self.device)
+        return self.buffers[slot, dtype][:numel]
+
+
+def init_scores(like: Mapping[str, Tensor], seed: int) -> Delta:
+    """S ~ U[0, 1), fp32, drawn parameter by parameter in order from one seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(t.shape, generator=gen).to(t.device) for n, t in like.items()}
+
+
+def relaxed_frac(scores: Tensor, base: Tensor, bias: float) -> Tensor:
+    """frac = γ + (1 − 2γ)·σ(S − b), for a bool base patch γ (the reference form)."""
+    sig = torch.sigmoid(scores - bias)
+    return torch.where(base, 1.0 - sig, sig)
+
+
+def _frac_into(z: Tensor, base: Tensor, out: Tensor) -> Tensor:
+    """The same frac from z = S − b and the base patch's flat positions, written into ``out``."""
+    torch.sigmoid(z.view(-1), out=out)
+    out[base] = 1.0 - out[base]  # bit-identical to γ + (1 − 2γ)·σ: σ off the patch, 1 − σ on it
+    return out
+
+
+def _relax(params, delta, z, base: _Sparse, ws: _Workspace, undo: dict) -> None:
+    """θ ← θ_pre + frac⊙δ in place; ``undo`` collects what an exact revert needs (usually nothing)."""
+    for n, p in params.items():
+        frac = _frac_into(z[n], base.index[n], ws(0, p.numel()))
+        x = torch.mul(frac, delta[n].reshape(-1), out=ws(1, p.numel(), p.dtype))
+        undo[n] = _add_exact(p, x, (ws(2, p.numel(), p.dtype), ws(3, p.numel(), p.dtype)))
+
+
+def _abs_max(t: Tensor) -> float:
+    lo, hi = torch.aminmax(t)
+    return max(-float(lo), float(hi))
+
+
+@torch.no_grad()
+def _unrelax(params, delta, z, base: _Sparse, ws: _Workspace, undo: dict, cfg: GraftConfig | None = None,
+             n_batches: int = 1) -> dict[str, float]:
+    """θ back to θ_pre bit-exactly; with ``cfg``, also the step on S, sharing σ(S − b) with the revert:
+
+    S ← S − σ'(S − b)·(1 − 2γ)·(lr·g + l1), g = mean over batches of ∇θL ⊙ δ (δ is constant
+    within the epoch, so the summed ``.grad`` times δ is that mean times n_batches). Frees ``.grad``.
+    """
+    gd_sum, gd_max, step_max = 0.0, 0.0, 0.0
+    for n, log_ in undo.items():
+        p, b, zf = params[n], base.index[n], z[n].view(-1)
+        frac = _frac_into(zf, b, ws(0, p.numel()))
+        _sub_exact(p, torch.mul(frac, delta[n].reshape(-1), out=ws(1, p.numel(), p.dtype)), log_)
+        if cfg is None:
+            continue
+        g = p.grad.view(-1) if p.grad is not None else torch.zeros_like(zf)
+        p.grad = None
+        g = g.mul_(delta[n].reshape(-1)).float()                           # n_batches · g
+        gd_sum, gd_max = gd_sum + float(torch.linalg.vector_norm(g, 1)), max(gd_max, _abs_max(g))
+        deriv = frac.addcmul_(frac, frac, value=-1.0)                   # σ(1 − σ) = σ'(S − b), on or off the patch
+        g.mul_(deriv).mul_(cfg.lr / n_batches)                          # lr · g · σ'
+        if cfg.l1:
+            g.add_(deriv, alpha=cfg.l1)                                 # σ' · (lr·g + l1)
+        g[b] = -g[b]                                                    # · (1 − 2γ)
+        zf.sub_(g)
+        step_max = max(step_max, _abs_max(g))
+    total = sum(t.numel() for t in z.values())
+    return {"gd_abs_mean": gd_sum / n_batches / total, "gd_abs_max": gd_max / n_batches, "step_abs_max": step_max}
+
+
+def _rounded(z: Mapping[str, Tensor], base: _Sparse) -> _Sparse:
+    """round(frac) as positions, from sign tests on z = S − b plus exact checks on the few candidates."""
+    index = {}
+    for n, zn in z.items():
+        zf, b = zn.view(-1), base.index[n]
+        keep = b[1.0 - torch.sigmoid(zf[b]) > 0.5]                     # patch entries that stay (round half to even)
+        if float(zf.max()) > 0:                                         # off the patch, σ(z) > ½ needs z > 0
+            cand = (zf > 0).nonzero().squeeze(1)
+            cand = cand[~torch.isin(cand, b)]
+            keep = torch.cat([keep, cand[torch.sigmoid(zf[cand]) > 0.5]]).sort().values
+        index[n] = keep
+    return _Sparse(index, base.shapes)
+
+
+def _epoch(clf, params, delta, z, base: _Sparse, batches, ws: _Workspace, cfg: GraftConfig) -> dict[str, float]:
+    """One step on S: relax, sum ∇θL over the train batches, revert exactly and step (also reverts on error)."""
+    undo: dict = {}
+    try:
+        _relax(params, delta, z, base, ws, undo)
+        total = 0.0
+        for batch in batches:
+            loss = clf.loss(batch)
+            loss.backward()
+            total += float(loss.detach())
+    except BaseException:
+        _unrelax(params, delta, z, base, ws, undo)
+        raise
+    return {"loss": total / len(batches), **_unrelax(params, delta, z, base, ws, undo, cfg, len(batches))}
+
+
+def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | None = None,
+             progress: bool = True) -> LocalizeResult:
+    """Find the graft γ by the paper's algorithm (official ``graft_trainer.py``; PAPER.md "Localization").
+
+    ``clf`` is a :class:`skillgraft.prompt.PromptClassifier` over θ_pre (``lm.model``,
+    ``encode``, ``loss``, ``accuracy``); ``delta`` is θ_ft − θ_pre over all graftable
+    parameters; ``train``/``dev`` are ``datasets.Dataset``. Each epoch: θ = θ_pre + frac⊙δ
+    in place, g = mean over the train batches of ∇θL ⊙ δ, one step on S, then round(frac) is
+    grafted and scored on train and dev; the best (first on ties) is kept.
+
+    Runs in eval mode (no dropout; the official trainer is in eval mode from its first
+    evaluation on). Memory beyond the model and δ: S and the gradients (one fp32 per
+    graftable entry each), masks as sparse positions, scratch buffers of one parameter's
+    size; the model returns to θ_pre bit-exactly, also on error.
+    """
+    cfg = cfg or GraftConfig()
+    model = clf.lm.model
+    params = graftable_parameters(model)
+    _check_names(_shapes(delta), _shapes(params), "delta")
+    if len(train) == 0 or len(dev) == 0:
+        raise ValueError(f"localize needs non-empty train and dev sets, got {len(train)} and {len(dev)} examples")
+    base = _Sparse.from_mask(top_movement(delta, cfg.sparsity))
+    z = {n: s.sub_(cfg.sigmoid_bias) for n, s in init_scores(delta, cfg.seed).items()}  # z = S − b
+    ws = _Workspace(params)
+    batches = [clf.encode(train[i:i + cfg.batch_size]) for i in range(0, len(train), cfg.batch_size)]
+    rows: list[dict] = []
+    best: tuple[float, int, _Sparse] | None = None
+
+    def score(epoch: int, graft: _Sparse, stats: dict) -> None:
+        nonlocal best
+        start, mask = time.perf_counter(), graft.mask()
+        with grafted(model, delta, mask):
+            tr = clf.accuracy(train, batch_size=cfg.eval_batch_size)
+            dv = clf.accuracy(dev, batch_size=cfg.eval_batch_size)
+        added = graft.added(base)
+        rows.append({"epoch": epoch, "count": graft.count, "sparsity": graft.count / mask.total, "added": added,
+                     "removed": base.count - (graft.count - added), "train_acc": tr, "dev_acc": dv, **stats,
+                     "seconds_eval": time.perf_counter() - start})
+        log.info("localize epoch %d: %s", epoch, {k: round(v, 6) for k, v in rows[-1].items()})
+        key = {"train+dev": tr + dv, "dev": dv, "last": epoch}[cfg.select]
+        if best is None or key > best[0]:
+            best = (key, epoch, graft)
+
+    with only_graftable_trainable(model):
+        if cfg.include_base:
+            score(0, base, dict.fromkeys(("loss", "gd_abs_mean", "gd_abs_max", "step_abs_max", "seconds_step"),
+                                         float("nan")))
+        for epoch in tqdm(range(1, cfg.epochs + 1), desc="localize", disable=not progress):
+            start = time.perf_counter()
+            stats = _epoch(clf, params, delta, z, base, batches, ws, cfg)
+            rounded = _rounded(z, base)
+            score(epoch, rounded, {**stats, "seconds_step": time.perf_counter() - start})
+    _, best_epoch, kept = best if best is not None else (0.0, 0, base)
+    meta = {"method": "localize", "epoch": best_epoch, **asdict(cfg)}
+    return LocalizeResult(mask=kept.mask(meta), base=base.mask({"method": "top_movement", "sparsity": cfg.sparsity}),
+                          history=pd.DataFrame(rows), best_epoch=best_epoch, config=cfg,
+                          scores={n: t.add_(cfg.sigmoid_bias) for n, t in z.items()} if cfg.keep_scores else None)
