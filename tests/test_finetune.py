@@ -1,0 +1,171 @@
+"""Prompt-based fine-tuning of the graftable parameters: configs, determinism, exact restore, variants."""
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_llama, make_roberta
+from skillgraft import graft
+from skillgraft.finetune import (FinetuneConfig, finetune, finetune_multitask, finetune_sequential,
+                                 optimizer_groups)
+from skillgraft.models import LM
+from skillgraft.prompt import Prompt, PromptClassifier
+
+SENTIMENT = [("great fun lovely", 1), ("good fun", 1), ("lovely acting", 1), ("great plot", 1),
+             ("awful dull", 0), ("boring bad plot", 0), ("terrible acting", 0), ("dull boring", 0)]
+TOPIC = [("game match", 0), ("sport match", 0), ("market business", 1), ("business vote", 1)]
+
+
+def data(rows, prefix="the movie was"):
+    return datasets.Dataset.from_dict({"text": [f"{prefix} {w}" for w, _ in rows], "label": [y for _, y in rows]})
+
+
+def classifier(model, tokenizer, template="review : {text} . sentiment :", words=(" negative", " positive")):
+    kind = "causal" if model.config.model_type == "llama" else "masked"
+    return PromptClassifier(LM(model=model, tokenizer=tokenizer, name="tiny", kind=kind), Prompt(template, words))
+
+
+def state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def same_bits(model, before):
+    return all(torch.equal(p.detach().view(torch.int32), before[n].view(torch.int32))
+               for n, p in model.named_parameters())
+
+
+FAST = dict(lr=0.1, steps=6, batch_size=4, eval_every=3)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match=r"optimizer must be one of \('sgd', 'adamw'\), got 'adam'"):
+        FinetuneConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        FinetuneConfig(lr=0.0)
+    with pytest.raises(ValueError, match="steps must be an integer ≥ 1"):
+        FinetuneConfig(steps=0)
+    with pytest.raises(ValueError, match=r"max_grad_norm must be a finite number > 0, got -1.0 \(or None\)"):
+        FinetuneConfig(max_grad_norm=-1.0)
+    with pytest.raises(ValueError, match="keep_best must be True or False"):
+        FinetuneConfig(keep_best="yes")
+    assert FinetuneConfig(max_grad_norm=1.0, weight_decay=0.0).max_grad_norm == 1.0
+
+
+def test_only_graftable_parameters_change_and_model_is_restored(tokenizer):
+    model = make_llama()
+    clf = classifier(model, tokenizer)
+    before = state(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    res = finetune(clf, data(SENTIMENT), data(SENTIMENT), FinetuneConfig(**FAST), progress=False)
+    assert same_bits(model, before) and not model.training
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert list(res.delta) == list(graft.graftable_parameters(model))  # no embedding, no head
+    assert all(float(d.abs().max()) > 0 for n, d in res.delta.items() if "layernorm" not in n)
+    assert list(res.history.columns) == ["step", "task", "train_loss", "seconds", "dev_acc"] and len(res.history) == 6
+    assert res.history["dev_acc"].notna().tolist() == [False, False, True, False, False, True]
+
+
+def test_same_seed_same_delta_other_seed_other_delta(tokenizer):
+    model = make_llama()
+    clf = classifier(model, tokenizer)
+    train = data(SENTIMENT)
+    runs = [finetune(clf, train, train, FinetuneConfig(seed=s, **FAST), progress=False) for s in (0, 0, 1)]
+    assert all(torch.equal(runs[0].delta[n], runs[1].delta[n]) for n in runs[0].delta)
+    assert runs[0].history["train_loss"].tolist() == runs[1].history["train_loss"].tolist()
+    assert any(not torch.equal(runs[0].delta[n], runs[2].delta[n]) for n in runs[0].delta)
+
+
+def test_weight_decay_not_on_biases_and_norms():
+    for model in (make_llama(), make_roberta()):
+        decay, rest = optimizer_groups(graft.graftable_parameters(model), 1e-4)
+        assert decay["weight_decay"] == 1e-4 and rest["weight_decay"] == 0.0
+        assert decay["param_names"] and all(p.ndim == 2 for p in decay["params"])
+        assert not any(n.endswith("bias") or "norm" in n.lower() for n in decay["param_names"])
+        assert any("norm" in n.lower() for n in rest["param_names"]) and all(p.ndim == 1 for p in rest["params"])
+    roberta = optimizer_groups(graft.graftable_parameters(make_roberta()), 1e-4)[1]["param_names"]
+    assert any(n.endswith("dense.bias") for n in roberta) and any(n.endswith("LayerNorm.weight") for n in roberta)
+
+
+def test_loss_decreases_on_a_learnable_toy(tokenizer):
+    model = make_llama()
+    clf = classifier(model, tokenizer)
+    train = data(SENTIMENT)
+    batch = clf.encode(train[:])
+
+    def loss():
+        with torch.no_grad():
+            return float(clf.loss(batch))
+    res = finetune(clf, train, train, FinetuneConfig(optimizer="adamw", lr=1e-2, steps=20, eval_every=10),
+                   progress=False)
+    with graft.apply_delta(model, res.delta):
+        tuned = loss()
+        acc = clf.accuracy(train)
+    assert tuned < 0.75 * loss() and acc == 1.0
+    assert res.best_dev_acc == 1.0 and res.best_step in (10, 20)
+
+
+def test_keep_best_keeps_the_best_dev_checkpoint(tokenizer):
+    model = make_llama()
+    clf = classifier(model, tokenizer)
+    train, dev = data(SENTIMENT[::2]), data(SENTIMENT[1::2])
+    cfg = dict(optimizer="adamw", lr=3e-2, steps=12, batch_size=2, eval_every=2)  # dev accuracy goes up and down
+    best = finetune(clf, train, dev, FinetuneConfig(keep_best=True, **cfg), progress=False)
+    last = finetune(clf, train, dev, FinetuneConfig(keep_best=False, **cfg), progress=False)
+    h = best.history.dropna(subset=["dev_acc"])
+    assert best.best_step < 12 and best.best_dev_acc > h["dev_acc"].iloc[-1]  # so keeping the best matters
+    assert best.best_dev_acc == h["dev_acc"].max() and best.best_step == int(h.loc[h["dev_acc"].idxmax(), "step"])
+    with graft.apply_delta(model, best.delta):
+        assert clf.accuracy(dev) == best.best_dev_acc
+    with graft.apply_delta(model, last.delta):
+        assert clf.accuracy(dev) == h["dev_acc"].iloc[-1]
+
+
+def test_multitask_mixes_tasks_on_one_model(tokenizer):
+    model = make_llama()
+    sent = classifier(model, tokenizer)
+    topic = classifier(model, tokenizer, "news : {text} . topic :", (" sport", " business"))
+    items = [(sent, data(SENTIMENT), data(SENTIMENT)), (topic, data(TOPIC, "a story about"), data(TOPIC, "news"))]
+    before = state(model)
+    res = finetune_multitask(items, FinetuneConfig(**FAST), progress=False)
+    assert same_bits(model, before)
+    assert res.history["task"].tolist() == [0, 1, 0, 1, 0, 1]
+    evals = res.history.dropna(subset=["dev_acc"])
+    assert np.allclose(evals["dev_acc"], (evals["dev_acc_0"] + evals["dev_acc_1"]) / 2)
+    assert list(res.delta) == list(graft.graftable_parameters(model))
+    with pytest.raises(ValueError, match="same model object"):
+        finetune_multitask([items[0], (classifier(make_llama(), tokenizer), items[1][1], items[1][2])],
+                           FinetuneConfig(**FAST), progress=False)
+
+
+def test_sequential_deltas_are_cumulative(tokenizer):
+    model = make_llama()
+    sent = classifier(model, tokenizer)
+    topic = classifier(model, tokenizer, "news : {text} . topic :", (" sport", " business"))
+    items = [(sent, data(SENTIMENT), data(SENTIMENT)), (topic, data(TOPIC, "a story about"), data(TOPIC, "news"))]
+    before = state(model)
+    cfg = FinetuneConfig(keep_best=False, **FAST)
+    stages = finetune_sequential(items, cfg, progress=False)
+    assert same_bits(model, before) and len(stages) == 2
+    alone = finetune(sent, *items[0][1:], cfg, progress=False)
+    assert all(torch.equal(stages[0].delta[n], alone.delta[n]) for n in alone.delta)  # stage 1 = fine-tuning alone
+    own = {n: stages[1].delta[n] - stages[0].delta[n] for n in alone.delta}  # stage 2's own change
+    assert any(float(d.abs().max()) > 0 for d in own.values())
+    assert stages[1].history["task"].eq(1).all() and stages[0].history["task"].eq(0).all()
+    with graft.apply_delta(model, stages[1].delta):  # θ_pre + cumulative delta = the weights after stage 2
+        assert topic.accuracy(items[1][2]) == stages[1].history["dev_acc"].iloc[-1]
+
+
+def test_roberta_and_adamw_and_clipping(tokenizer):
+    model = make_roberta()
+    clf = classifier(model, tokenizer, "{text} It was {mask} .", (" bad", " good"))
+    before = state(model)
+    cfg = dict(FAST, optimizer="adamw", lr=1e-2, max_grad_norm=0.1)
+    a, b, c = (finetune(clf, data(SENTIMENT), data(SENTIMENT), FinetuneConfig(train_mode=t, **cfg), progress=False)
+               for t in (True, True, False))
+    assert same_bits(model, before) and not model.training
+    assert all(torch.equal(a.delta[n], b.delta[n]) for n in a.delta)  # dropout is seeded too
+    assert any(not torch.equal(a.delta[n], c.delta[n]) for n in a.delta)  # and it is on in train mode
+    assert "roberta.embeddings.word_embeddings.weight" not in a.delta and len(a.delta) == 32
