@@ -103,19 +103,22 @@ def single_task(tasks: list[str], seeds: list[int], sparsities: list[float], set
                       pd.concat(fts, ignore_index=True))
 
 
-def recovery_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean accuracy per task × variant × sparsity, with recovery = acc / fine-tuned and
-    normalized recovery = (acc − zero-shot) / (fine-tuned − zero-shot), per seed then averaged."""
-    acc = results.pivot_table(index=["task", "seed"], columns="variant", values="accuracy", aggfunc="first")
-    out = results[results.variant.isin(MASK_VARIANTS)].copy()
-    ft = acc["fine-tuned"].reindex(pd.MultiIndex.from_frame(out[["task", "seed"]])).values
-    zs = acc["zero-shot"].reindex(pd.MultiIndex.from_frame(out[["task", "seed"]])).values
-    out["recovery"] = out.accuracy / ft
-    gain = ft - zs
-    out["normalized_recovery"] = np.where(np.abs(gain) > 1e-9, (out.accuracy - zs) / np.where(gain == 0, 1, gain), np.nan)
-    out["fine_tuned"], out["zero_shot"] = ft, zs
-    return (out.groupby(["task", "variant", "sparsity"], as_index=False)
-               [["accuracy", "fine_tuned", "zero_shot", "recovery", "normalized_recovery", "mask_size"]].mean())
+def recovery_table(results: pd.DataFrame, min_gain: float = 0.01) -> pd.DataFrame:
+    """Mean accuracy over seeds per task × variant × sparsity, with recovery = acc / fine-tuned
+    and normalized recovery = (acc − zero-shot) / (fine-tuned − zero-shot), both from the
+    seed means. The normalized recovery is NaN where fine-tuning gained less than
+    ``min_gain`` over zero-shot: there is then no gain to recover."""
+    ref = (results[results.variant.isin(["fine-tuned", "zero-shot"])]
+           .groupby(["task", "variant"])["accuracy"].mean().unstack())
+    out = (results[results.variant.isin(MASK_VARIANTS)]
+           .groupby(["task", "variant", "sparsity"], as_index=False)[["accuracy", "mask_size"]].mean())
+    out["fine_tuned"] = ref["fine-tuned"].reindex(out.task).values
+    out["zero_shot"] = ref["zero-shot"].reindex(out.task).values
+    gain = out.fine_tuned - out.zero_shot
+    out["recovery"] = out.accuracy / out.fine_tuned
+    out["normalized_recovery"] = ((out.accuracy - out.zero_shot) / gain).where(gain >= min_gain)
+    return out[["task", "variant", "sparsity", "accuracy", "fine_tuned", "zero_shot", "recovery",
+                "normalized_recovery", "mask_size"]]
 
 
 def sparsity_to_reach(results: pd.DataFrame, share: float = 0.95, variant: str = "graft") -> pd.DataFrame:
