@@ -8,7 +8,7 @@ lr·|g·δ|·σ' reaches ~10. The search table shows that scale. Every variant i
 test set; prints markdown tables, never asserts.
 
     python benchmarks/graft_demo.py [--task mr] [--k 16] [--seed 42] [--sparsity 1e-4 1e-3]
-        [--lrs 1e6 1e7 1e8 1e9] [--epochs 10] [--test-size 1000] [--out DIR]
+        [--lrs 1e7 1e8 1e9 1e10] [--epochs 10] [--test-size 1000] [--out DIR] [--threads N]
 """
 from __future__ import annotations
 
@@ -38,24 +38,28 @@ def main() -> None:
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--sparsity", type=float, nargs="+", default=[1e-4, 1e-3])
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e6, 1e7, 1e8, 1e9])
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e7, 1e8, 1e9, 1e10])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--random-seeds", type=int, default=3, help="random masks to average")
-    p.add_argument("--out", type=Path, help="folder for δ, masks and tables (δ is reused from there if present)")
+    p.add_argument("--out", type=Path, help="folder for δ, masks and tables; a rerun resumes from what is there")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice); pass 1 on a shared machine")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
 
     import numpy as np
     import pandas as pd
+    import torch
     from safetensors.torch import load_file, save_file
 
     from skillgraft import graft
     from skillgraft.finetune import FinetuneConfig, finetune
-    from skillgraft.graft import GraftConfig, localize
+    from skillgraft.graft import GraftConfig, LocalizeResult, localize
     from skillgraft.models import load_lm
     from skillgraft.tasks import get_task, load_splits
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.time()
     lm = load_lm(args.model)
     task = get_task(args.task)
@@ -90,7 +94,16 @@ def main() -> None:
         runs = []
         for lr in args.lrs:
             cfg = GraftConfig(sparsity=sparsity, lr=lr, epochs=args.epochs)
-            r = localize(clf, delta, splits.train, splits.dev, cfg, progress=False)
+            stem = args.out / f"s{sparsity:g}_lr{lr:g}_e{args.epochs}" if args.out else None
+            if stem is not None and stem.with_suffix(".csv").is_file():  # resume: this run is done
+                mask = graft.Mask.load(stem.with_suffix(".safetensors"), model)
+                r = LocalizeResult(mask, graft.top_movement(delta, sparsity), pd.read_csv(stem.with_suffix(".csv")),
+                                   mask.meta["epoch"], cfg)
+            else:
+                r = localize(clf, delta, splits.train, splits.dev, cfg, progress=False)
+                if stem is not None:
+                    r.mask.save(stem.with_suffix(".safetensors"))
+                    r.history.to_csv(stem.with_suffix(".csv"), index=False)
             h, kept = r.history, r.history.set_index("epoch").loc[r.best_epoch]
             first = h[h["epoch"] == 1].iloc[0] if (h["epoch"] == 1).any() else kept
             search.append({"sparsity": sparsity, "lr": lr, "kept_epoch": r.best_epoch, "count": r.mask.count,
@@ -100,9 +113,6 @@ def main() -> None:
                            "max step on S (epoch 1)": first["step_abs_max"],
                            "s/epoch": float(h["seconds_step"].median() + h["seconds_eval"].median())})
             runs.append((kept["dev_acc"], kept["train_acc"] + kept["dev_acc"], -lr, r))
-            if args.out:
-                r.mask.save(args.out / f"mask_s{sparsity:g}_lr{lr:g}.safetensors")
-                h.to_csv(args.out / f"localize_s{sparsity:g}_lr{lr:g}.csv", index=False)
         best = max(runs, key=lambda t: t[:3])[3]
         with graft.grafted(model, delta, best.base):
             results.append({"variant": "top-movement", "sparsity": sparsity, "count": best.base.count,

@@ -85,7 +85,8 @@ def home() -> Path:
 
 
 # ---------------------------------------------------------------------------- archives
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -131,7 +132,7 @@ def fetch_archive(key: str, download: Callable[[Archive, Path], Path] | None = N
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".tmp-") as tmp:
         path = (download or _download)(archive, Path(tmp))
-        got = _sha256(path)
+        got = sha256_file(path)
         if got != archive.sha256:
             raise ChecksumError(f"checksum mismatch for {archive.filename}: expected sha256 {archive.sha256}, "
                                 f"got {got}. The file was discarded; nothing was cached.")

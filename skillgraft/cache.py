@@ -54,14 +54,6 @@ def spec_key(spec: dict) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class Entry:
     """A cached artifact: name-keyed tensors plus JSON metadata."""
@@ -93,7 +85,7 @@ class Store:
             meta = json.loads((path / META).read_text())
             tensors = {}
             if meta.get("tensors_sha256") is not None:
-                if _file_sha256(path / TENSORS) != meta["tensors_sha256"]:
+                if assets.sha256_file(path / TENSORS) != meta["tensors_sha256"]:
                     raise ValueError("tensor file checksum mismatch")
                 tensors = load_file(path / TENSORS)
         except (OSError, ValueError, KeyError) as err:  # json.JSONDecodeError is a ValueError
@@ -121,7 +113,7 @@ class Store:
             digest = None
             if tensors:
                 save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / TENSORS)
-                digest = _file_sha256(tmp / TENSORS)
+                digest = assets.sha256_file(tmp / TENSORS)
             record = {"spec": _jsonable(spec), "skillgraft": __version__, "tensors_sha256": digest,
                       "data": _jsonable(meta or {})}
             (tmp / META).write_text(json.dumps(record, sort_keys=True, indent=2))

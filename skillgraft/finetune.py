@@ -163,8 +163,8 @@ def _train(params: Mapping[str, nn.Parameter], items: Sequence[tuple], cfg: Fine
     model.eval()
     if cfg.keep_best and best_step != cfg.steps:
         _load(params, best_theta)
-    with torch.no_grad():
-        delta = {n: p.detach() - origin[n] for n, p in params.items()}
+    with torch.no_grad():  # θ_pre + δ is "the fine-tuned model" from here on; it can differ from θ by an ulp
+        delta = {n: p.detach() - origin[n] for n, p in params.items()}  # where |θ| is small next to |δ|
     return FinetuneResult(delta=delta, history=pd.DataFrame(rows), best_step=best_step, best_dev_acc=best_acc,
                           config=cfg)
 
