@@ -283,7 +283,7 @@ def continual(sequence: list[str], seed: int, sparsity: float, setting: Setting)
     multi = lab.delta_spec(sequence, setting.k, seed, setting.finetune, mode="multitask")
     R["multitask"] = pd.DataFrame([[mt.accuracy(*lab.predict(task, Variant("multitask", delta=multi))) for task in sequence]],
                                   index=pd.Index([T], name="after stage"), columns=cols)
-    summary = pd.DataFrame([dict(method=m, average_accuracy=mt.average_accuracy(r),
+    summary = pd.DataFrame([dict(method=m, average_accuracy=float(r.iloc[-1].mean()),  # mean of the final row
                                  backward_transfer=mt.backward_transfer(r) if len(r) > 1 else np.nan,
                                  forgetting=mt.forgetting(r) if len(r) > 1 else np.nan) for m, r in R.items()])
     counts = [lab.mask_count(m) for m in mspecs]
