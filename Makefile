@@ -34,7 +34,7 @@ unit: setup
 	$(BIN)/pytest tests
 
 nbval: setup
-	$(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider --ignore=notebooks/04_multitask.ipynb notebooks
+	$(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
 
 test: unit nbval
 	$(BIN)/skillgraft book --no-execute

@@ -94,16 +94,16 @@ def main() -> None:
         runs = []
         for lr in args.lrs:
             cfg = GraftConfig(sparsity=sparsity, lr=lr, epochs=args.epochs)
-            stem = args.out / f"s{sparsity:g}_lr{lr:g}_e{args.epochs}" if args.out else None
-            if stem is not None and stem.with_suffix(".csv").is_file():  # resume: this run is done
-                mask = graft.Mask.load(stem.with_suffix(".safetensors"), model)
-                r = LocalizeResult(mask, graft.top_movement(delta, sparsity), pd.read_csv(stem.with_suffix(".csv")),
+            stem = f"localize_s{sparsity:g}_lr{lr:g}_e{args.epochs}"
+            if args.out and (args.out / f"{stem}.csv").is_file():  # resume: this run is done
+                mask = graft.Mask.load(args.out / f"{stem}.safetensors", model)
+                r = LocalizeResult(mask, graft.top_movement(delta, sparsity), pd.read_csv(args.out / f"{stem}.csv"),
                                    mask.meta["epoch"], cfg)
             else:
                 r = localize(clf, delta, splits.train, splits.dev, cfg, progress=False)
-                if stem is not None:
-                    r.mask.save(stem.with_suffix(".safetensors"))
-                    r.history.to_csv(stem.with_suffix(".csv"), index=False)
+                if args.out:
+                    r.mask.save(args.out / f"{stem}.safetensors")
+                    r.history.to_csv(args.out / f"{stem}.csv", index=False)
             h, kept = r.history, r.history.set_index("epoch").loc[r.best_epoch]
             first = h[h["epoch"] == 1].iloc[0] if (h["epoch"] == 1).any() else kept
             search.append({"sparsity": sparsity, "lr": lr, "kept_epoch": r.best_epoch, "count": r.mask.count,

@@ -1,2 +1,2 @@
 """skillgraft: a reproducible compendium for task-specific skill localization by grafting."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("notebook", help="e.g. 01 or 01_single_task_grafting")
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                      help="a parameter; VALUE is read as YAML (3, 1e-4, [13, 42], cuda)")
-    run.add_argument("-f", "--file", action="append", help="a YAML parameter file (e.g. configs/paper_scale.yaml)")
+    run.add_argument("-f", "--file", action="append", help="a YAML parameter file (e.g. configs/paper_scale/01_single_task_grafting.yaml)")
     run.add_argument("--output-dir", default="runs")
     run.add_argument("--output", help="output notebook path (default: OUTPUT_DIR/NAME.ipynb)")
     run.add_argument("--dry-run", action="store_true", help="check the parameters and stop")

@@ -199,6 +199,8 @@ class MultiTask:
     cross_graft: pd.DataFrame   # rows: region of task i grafted; columns: accuracy on task j
     accuracy: pd.DataFrame      # per task: zero-shot, multi-task model, own region, single-task fine-tuned
     similarity: pd.DataFrame    # pair, kind, similarity (cosine of single-task deltas), overlap, jaccard
+    alt_base: str = ""          # the other way to choose the base patch (GraftConfig.base), for comparison
+    alt_overlap: pd.DataFrame | None = None  # asymmetric overlap of the regions localized from that base
 
 
 def _cosine(a: dict, b: dict) -> float:
@@ -209,7 +211,12 @@ def _cosine(a: dict, b: dict) -> float:
 
 
 def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting) -> MultiTask:
-    """One model fine-tuned on all ``tasks`` at once; a region per task; how they overlap."""
+    """One model fine-tuned on all ``tasks`` at once; a region per task; how they overlap.
+
+    Regions are localized from ``setting.graft.base``; the regions from the other base patch
+    are computed too, for their overlap (``alt_overlap``): with one δ shared by all tasks,
+    the official top-movement base patch is the same for every task.
+    """
     from .tasks import get_task
 
     lab = setting.lab()
@@ -240,7 +247,12 @@ def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting) ->
         sim_rows.append(dict(pair=f"{a}–{b}", kind="–".join(sorted((fa, fb))),
                              similarity=_cosine(lab.delta(single[a]), lab.delta(single[b])),
                              overlap=(overlap.loc[a, b] + overlap.loc[b, a]) / 2, jaccard=jac.loc[a, b]))
-    return MultiTask(masks, overlap, jac, rnd, cross.astype(float), pd.DataFrame(acc_rows), pd.DataFrame(sim_rows))
+    # the same regions localized from the other base patch: overlaps only (no evaluations)
+    alt = "movement" if setting.graft.base == "gradient" else "gradient"
+    alt_cfg = dataclasses.replace(setting.graft, base=alt)
+    alt_masks = {t: lab.mask(lab.mask_spec(mt_spec, "graft", sparsity, task=t, cfg=alt_cfg)) for t in tasks}
+    return MultiTask(masks, overlap, jac, rnd, cross.astype(float), pd.DataFrame(acc_rows), pd.DataFrame(sim_rows),
+                     alt, mt.overlap_matrix(alt_masks, "asymmetric"))
 
 
 # ---------------------------------------------------------------------------- 05: continual learning

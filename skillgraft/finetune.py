@@ -47,7 +47,7 @@ class FinetuneConfig:
     seed: int = 0                       # batch order (and dropout when train_mode)
     max_grad_norm: float | None = None  # clip the global gradient norm; None: no clipping (HF Trainer's default: 1.0)
     train_mode: bool = False            # dropout during steps (HF Trainer does); off: deterministic, Llama has none
-    eval_batch_size: int = 32           # examples per forward in dev evaluation
+    eval_batch_size: int = 16           # examples per forward in dev evaluation
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:

@@ -152,6 +152,26 @@ class Mask:
         df["density"] = df["count"] / df["params"]         # fraction of this group that is grafted
         return df.sort_values(["layer", "module"]).reset_index(drop=True)
 
+    def positions(self) -> dict[str, Tensor]:
+        """The grafted entries as sorted flat positions per parameter (int64, CPU): a compact form."""
+        return {n: m.reshape(-1).nonzero().squeeze(1).cpu() for n, m in self.items()}
+
+    @classmethod
+    def from_positions(cls, positions: Mapping[str, Tensor], like: Mapping[str, Tensor],
+                       meta: Mapping | None = None) -> "Mask":
+        """The inverse of :meth:`positions`, with shapes and devices taken from ``like`` (e.g. the
+        graftable parameters); names must match."""
+        _check_names({n: torch.Size([0]) for n in positions}, {n: torch.Size([0]) for n in like}, "mask positions")
+        out = {}
+        for n, t in like.items():
+            pos = positions[n].long()
+            if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= t.numel()):
+                raise ValueError(f"mask positions of {n} fall outside its {t.numel()} entries")
+            m = torch.zeros(t.numel(), dtype=torch.bool)
+            m[pos] = True
+            out[n] = m.view(t.shape).to(t.device)
+        return cls(out, meta)
+
     def __repr__(self) -> str:
         return f"Mask(count={self.count}, total={self.total}, sparsity={self.sparsity:.3g}, meta={self.meta})"
 
@@ -244,15 +264,41 @@ def top_movement(delta: Mapping[str, Tensor], sparsity: float) -> Mask:
     return Mask(masks, {"method": "top_movement", "sparsity": sparsity})
 
 
-def random_mask(delta: Mapping[str, Tensor], sparsity: float, seed: int = 0) -> Mask:
-    """Exactly round(sparsity·N) entries drawn uniformly at random (seeded) over the graftable parameters."""
-    k = _count_for(sparsity, sum(d.numel() for d in delta.values()))
+def _sample_without_replacement(n: int, k: int, gen: torch.Generator) -> Tensor:
+    """k distinct integers drawn uniformly from [0, n), in draw order (int64, CPU).
 
-    def scores():
-        gen = torch.Generator().manual_seed(seed)
-        for n, d in delta.items():  # float64 keys: ties are practically impossible
-            yield n, torch.rand(d.shape, generator=gen, dtype=torch.float64).to(d.device)
-    return Mask(_top_k(scores, k), {"method": "random", "sparsity": sparsity, "seed": seed})
+    For k ≪ n: the first k distinct values of a stream of uniform draws, which is a uniformly
+    random k-subset, at a cost of O(k) instead of a permutation of all n; else a permutation.
+    """
+    if k > n // 8:
+        return torch.randperm(n, generator=gen)[:k]
+    draws = torch.empty(0, dtype=torch.long)
+    while True:
+        more = torch.randint(n, (int(1.1 * k) + 16 - min(draws.numel(), k),), generator=gen, dtype=torch.long)
+        draws = torch.cat([draws, more])
+        uniq, inverse = torch.unique(draws, return_inverse=True)
+        first = torch.full((uniq.numel(),), draws.numel(), dtype=torch.long)
+        first.scatter_reduce_(0, inverse, torch.arange(draws.numel()), reduce="amin")
+        if uniq.numel() >= k:
+            return draws[first.sort().values[:k]]
+
+
+def random_mask(delta: Mapping[str, Tensor], sparsity: float, seed: int = 0) -> Mask:
+    """Exactly round(sparsity·N) entries drawn uniformly at random (seeded) over the graftable parameters.
+
+    Positions are drawn over the parameters laid end to end in ``delta``'s order, so the
+    mask depends only on the seed, the sparsity and the parameters' names, order and sizes.
+    """
+    sizes = [d.numel() for d in delta.values()]
+    k = _count_for(sparsity, sum(sizes))
+    picks = _sample_without_replacement(sum(sizes), k, torch.Generator().manual_seed(seed)).sort().values
+    out, start = {}, 0
+    for (n, d), size in zip(delta.items(), sizes):
+        lo, hi = torch.searchsorted(picks, torch.tensor([start, start + size])).tolist()
+        m = torch.zeros(d.numel(), dtype=torch.bool)
+        m[picks[lo:hi] - start] = True
+        out[n], start = m.view(d.shape).to(d.device), start + size
+    return Mask(out, {"method": "random", "sparsity": sparsity, "seed": seed})
 
 
 # ---------------------------------------------------------------------------- in-place grafts, exact revert

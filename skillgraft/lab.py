@@ -90,10 +90,7 @@ class Lab:
                                   {i: self.delta(m["delta"]) for i, m in parts.items()}).delta
             self._remember(self._deltas, key, value)
             return value
-        entry = self.store.load("delta", spec)
-        if entry is None:
-            self._finetune(spec)
-            entry = self.store.load("delta", spec)
+        entry = self.store.load("delta", spec) or self._finetune(spec)
         self._remember(self._deltas, key, entry.tensors)
         return entry.tensors
 
@@ -105,7 +102,8 @@ class Lab:
             meta = self.store.load_meta("delta", spec)
         return meta
 
-    def _finetune(self, spec: dict) -> None:
+    def _finetune(self, spec: dict):
+        """Fine-tune for ``spec``, store the delta(s) and return the entry of ``spec``."""
         cfg = ft.FinetuneConfig(**spec["finetune"])
         items = []
         for task in spec["tasks"]:
@@ -119,11 +117,15 @@ class Lab:
                                              progress=False)]
         else:  # sequential: every stage is stored, each under its own spec
             results = ft.finetune_sequential(items, cfg, progress=False)
+        wanted = None
         for i, res in enumerate(results):
             stage_spec = spec if spec["mode"] != "sequential" else {**spec, "stage": i}
             meta = {"history": res.history.to_dict("records"), "best_step": res.best_step,
                     "best_dev_acc": res.best_dev_acc}
-            self.store.save("delta", stage_spec, res.delta, meta)
+            entry = self.store.save("delta", stage_spec, res.delta, meta)
+            if stage_spec == spec:
+                wanted = entry
+        return wanted
 
     # ---------------------------------------------------------------- masks
     def mask_spec(self, delta_spec: dict, how: str, sparsity: float, task: str | None = None,
@@ -149,7 +151,7 @@ class Lab:
             mask = gr.random_mask(self.delta(spec["delta"]), spec["sparsity"], seed=spec["seed"])
         else:
             entry = self.store.load("mask", spec) or self._localize(spec, self.delta(spec["delta"]))
-            mask = gr.Mask({n: t.bool() for n, t in entry.tensors.items()}, meta=entry.meta)
+            mask = gr.Mask.from_positions(entry.tensors, gr.graftable_parameters(self.lm.model), meta=entry.meta)
         self._remember(self._masks, key, mask, keep=6)
         return mask
 
@@ -178,7 +180,7 @@ class Lab:
             res = localize(self.classifier(spec["task"]), delta, s.train, s.dev, cfg, progress=False)
         meta = {"history": res.history.to_dict("records"), "count": res.mask.count, "best_epoch": res.best_epoch,
                 "sparsity": res.mask.sparsity, "base_count": res.base.count}
-        return self.store.save("mask", spec, {n: t.to(torch.uint8) for n, t in res.mask.items()}, meta)
+        return self.store.save("mask", spec, res.mask.positions(), meta)  # positions: ~8 bytes per grafted entry
 
     # ---------------------------------------------------------------- evaluation
     def predict(self, task: str, variant: Variant, split: str = "test", k: int = 16, seed: int = 0,

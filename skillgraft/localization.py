@@ -19,13 +19,14 @@ from torch import Tensor
 
 from tqdm.auto import tqdm
 
-from .graft import (Delta, Mask, _add_exact, _check_names, _count_for, _shapes, _sub_exact, graftable_parameters,
-                    grafted, only_graftable_trainable, top_movement)
+from .graft import (Delta, Mask, _add_exact, _check_names, _count_for, _shapes, _sub_exact, _top_k,
+                    graftable_parameters, grafted, only_graftable_trainable, top_movement)
 
-__all__ = ["SELECT", "GraftConfig", "LocalizeResult", "init_scores", "relaxed_frac", "localize"]
+__all__ = ["SELECT", "BASES", "GraftConfig", "gradient_base", "LocalizeResult", "init_scores", "relaxed_frac", "localize"]
 
 log = logging.getLogger(__name__)
 SELECT = ("train+dev", "dev", "last")  # what keeps a mask
+BASES = ("movement", "gradient")         # how the base patch γ_base is chosen
 
 
 @dataclass
@@ -38,11 +39,12 @@ class GraftConfig:
     epochs: int = 10              # hand-written steps on S, each over the whole train set (official 10)
     l1: float = 0.0               # L1 penalty on the relaxed graft size Σ frac (Localize-and-Stitch 10); official: 0
     batch_size: int = 8           # examples per forward/backward; gradients are averaged over the batches
-    eval_batch_size: int = 32     # examples per forward when scoring train and dev accuracy
+    eval_batch_size: int = 16     # examples per forward when scoring train and dev accuracy
     seed: int = 0                 # seeds S ~ U[0, 1)
     select: str = "train+dev"     # which accuracy keeps a mask: "train+dev" (official), "dev", "last"
     include_base: bool = True     # the base patch (epoch 0) competes in the selection (official: it does not)
     keep_scores: bool = False     # return the final S: one fp32 per graftable entry, a model-sized tensor
+    base: str = "movement"        # γ_base: "movement" = top |δ| (official); "gradient" = top −∇θL⊙δ on the train set
 
     def __post_init__(self):
         _count_for(self.sparsity, 1)
@@ -56,6 +58,8 @@ class GraftConfig:
                 raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
         if self.select not in SELECT:
             raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
+        if self.base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
         for name in ("include_base", "keep_scores"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -64,7 +68,7 @@ class GraftConfig:
 @dataclass
 class LocalizeResult:
     mask: Mask                   # round(frac) of the kept epoch
-    base: Mask                   # γ_base: top movement at config.sparsity
+    base: Mask                   # γ_base at config.sparsity (top movement, or top gradient score)
     history: pd.DataFrame        # one row per epoch (0 = the base patch): count, accuracies, loss, |g·δ| scale
     best_epoch: int              # the epoch whose mask was kept
     config: GraftConfig
@@ -200,6 +204,25 @@ def _epoch(clf, params, delta, z, base: _Sparse, batches, ws: _Workspace, cfg: G
     return {"loss": total / len(batches), **_unrelax(params, delta, z, base, ws, undo, cfg, len(batches))}
 
 
+def gradient_base(clf, params, delta: Mapping[str, Tensor], batches, sparsity: float) -> Mask:
+    """The entries whose grafting lowers the task loss most, to first order: top −∇θL(θ)⊙δ.
+
+    ∇θL is summed over ``batches`` at the model's current weights (θ_pre, or the previous
+    stage's model): L(θ + e_i·δ_i) − L(θ) ≈ ∇_iL·δ_i, so a large −∇_iL·δ_i marks an entry
+    that helps *this* task. With one δ shared by several tasks (a multi-task model), top
+    movement gives every task the same base patch; this score differs between tasks.
+    """
+    for batch in batches:
+        clf.loss(batch).backward()
+    grads = {n: p.grad for n, p in params.items()}
+    for p in params.values():
+        p.grad = None
+    zero = {n: torch.zeros(()) for n in params}
+    mask = _top_k(lambda: ((n, -(g * delta[n]) if g is not None else zero[n].expand(delta[n].shape))
+                           for n, g in grads.items()), _count_for(sparsity, sum(d.numel() for d in delta.values())))
+    return Mask(mask, {"method": "gradient", "sparsity": sparsity})
+
+
 def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | None = None,
              progress: bool = True) -> LocalizeResult:
     """Find the graft γ by the paper's algorithm (official ``graft_trainer.py``; PAPER.md "Localization").
@@ -221,10 +244,16 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     _check_names(_shapes(delta), _shapes(params), "delta")
     if len(train) == 0 or len(dev) == 0:
         raise ValueError(f"localize needs non-empty train and dev sets, got {len(train)} and {len(dev)} examples")
-    base = _Sparse.from_mask(top_movement(delta, cfg.sparsity))
+    batches = [clf.encode(train[i:i + cfg.batch_size]) for i in range(0, len(train), cfg.batch_size)]
+    if cfg.base == "gradient":
+        with only_graftable_trainable(model):
+            base_mask = gradient_base(clf, params, delta, batches, cfg.sparsity)
+    else:
+        base_mask = top_movement(delta, cfg.sparsity)
+    base = _Sparse.from_mask(base_mask)
+    del base_mask
     z = {n: s.sub_(cfg.sigmoid_bias) for n, s in init_scores(delta, cfg.seed).items()}  # z = S − b
     ws = _Workspace(params)
-    batches = [clf.encode(train[i:i + cfg.batch_size]) for i in range(0, len(train), cfg.batch_size)]
     rows: list[dict] = []
     best: tuple[float, int, _Sparse] | None = None
 
@@ -254,6 +283,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
             score(epoch, rounded, {**stats, "seconds_step": time.perf_counter() - start})
     _, best_epoch, kept = best if best is not None else (0.0, 0, base)
     meta = {"method": "localize", "epoch": best_epoch, **asdict(cfg)}
-    return LocalizeResult(mask=kept.mask(meta), base=base.mask({"method": "top_movement", "sparsity": cfg.sparsity}),
+    return LocalizeResult(mask=kept.mask(meta), base=base.mask({"method": "top_movement" if cfg.base == "movement" else "gradient",
+                                                         "sparsity": cfg.sparsity}),
                           history=pd.DataFrame(rows), best_epoch=best_epoch, config=cfg,
                           scores={n: t.add_(cfg.sigmoid_bias) for n, t in z.items()} if cfg.keep_scores else None)

@@ -27,3 +27,29 @@ def test_dry_run_rejects_an_unknown_task(tmp_path, capsys):
     bad.write_text("tasks: [sst2, no-such-task]\n")
     assert cli.main(["run", "01_single_task_grafting", "-f", str(bad), "--dry-run"]) == 2
     assert "unknown task 'no-such-task'; accepted:" in capsys.readouterr().err
+
+
+def _documented_runs() -> list[str]:
+    """Every ``skillgraft run`` command line shown in the README and the book."""
+    lines = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "book").glob("*.md"))]:
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            line = line.split("#")[0].strip().removeprefix(".venv/bin/")
+            if line.startswith("skillgraft run "):
+                lines.append(line)
+    return lines
+
+
+def test_the_documentation_shows_run_commands():
+    assert len(_documented_runs()) >= 4
+
+
+@pytest.mark.parametrize("line", _documented_runs())
+def test_documented_run_commands_pass_the_dry_run(line, capsys):
+    """What a reader copies from the README or the book names real notebooks, parameters and files."""
+    import shlex
+
+    args = shlex.split(line)[1:]
+    args = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
+    code = cli.main(args + ([] if "--dry-run" in args else ["--dry-run"]))
+    assert code == 0, capsys.readouterr().err

@@ -89,6 +89,29 @@ def test_random_mask_exact_count_and_seeded(tiny_llama):
     assert a.equal(b) and not a.equal(c)
 
 
+@pytest.mark.parametrize("sparsity", [0.05, 0.5])  # the draw-stream path and the permutation path
+def test_random_mask_is_uniform_over_positions(sparsity):
+    """Over many seeds every position is picked about sparsity·seeds times, in every parameter."""
+    delta = {"a": torch.zeros(30), "b": torch.zeros(5, 10), "c": torch.zeros(20)}
+    seeds = 2000
+    hits = sum(torch.cat([m.reshape(-1).double() for _, m in graft.random_mask(delta, sparsity, seed=s).items()])
+               for s in range(seeds))
+    assert hits.sum() == seeds * round(sparsity * 100)            # exact count every time
+    expected = seeds * sparsity
+    sd = (seeds * sparsity * (1 - sparsity)) ** 0.5
+    assert float((hits - expected).abs().max()) < 5 * sd          # no position favoured or starved
+    assert float(hits[:30].mean()) == pytest.approx(expected, rel=0.1)   # nor a parameter
+    assert float(hits[80:].mean()) == pytest.approx(expected, rel=0.1)
+
+
+def test_sampling_without_replacement_is_distinct_and_in_range():
+    gen = torch.Generator().manual_seed(0)
+    for n, k in [(10, 10), (1000, 3), (10**8, 5000), (7, 0)]:
+        picks = graft._sample_without_replacement(n, k, gen)
+        assert picks.numel() == k == picks.unique().numel()
+        assert k == 0 or (0 <= int(picks.min()) and int(picks.max()) < n)
+
+
 def test_set_operations_and_overlap():
     m1 = Mask({"x": torch.tensor([1, 1, 0, 0], dtype=torch.bool)})
     m2 = Mask({"x": torch.tensor([0, 1, 1, 1], dtype=torch.bool)})
@@ -331,7 +354,32 @@ def test_localize_selects_first_best_and_keeps_base_when_nothing_helps():
     assert res.mask.meta["method"] == "localize" and res.mask.meta["epoch"] == 0
 
 
+def test_gradient_base_picks_the_entries_that_help_the_task():
+    """Top −∇θL(θ_pre)⊙δ on the train set: the decisive w entries, not the large irrelevant u."""
+    clf, delta, train, dev = toy_problem()
+    model = clf.lm.model
+    before = full_state(model)
+    res = localize(clf, delta, train, dev, GraftConfig(sparsity=4 / 72, epochs=0, base="gradient", batch_size=16),
+                   progress=False)
+    assert same_bits(model, before) and all(p.grad is None for p in model.parameters())
+    w = before["model.layers.0.w"].clone().requires_grad_()
+    b = clf.encode(train[:])
+    z = b["x"] @ w
+    (g,) = torch.autograd.grad(F.cross_entropy(torch.stack([-z, z], 1), b["labels"], reduction="sum"), [w])
+    want = (-(g * delta["model.layers.0.w"])).topk(4).indices.sort().values
+    got = res.base["model.layers.0.w"].nonzero().squeeze(1)
+    assert res.base.count == 4 and res.base["model.layers.1.u"].sum() == 0
+    assert torch.equal(got, want) and res.base.meta["method"] == "gradient"
+    with graft.grafted(model, delta, res.base):
+        acc_gradient = clf.accuracy(dev)
+    with graft.grafted(model, delta, graft.top_movement(delta, 4 / 72)):
+        acc_movement = clf.accuracy(dev)
+    assert acc_gradient > acc_movement
+
+
 def test_graft_config_validation():
+    with pytest.raises(ValueError, match=r"base must be one of \('movement', 'gradient'\)"):
+        GraftConfig(base="random")
     with pytest.raises(ValueError, match=r"select must be one of \('train\+dev', 'dev', 'last'\)"):
         GraftConfig(select="best")
     with pytest.raises(ValueError, match="sparsity must be a fraction"):

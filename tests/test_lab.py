@@ -1,0 +1,76 @@
+"""The experiments end to end on a tiny model and small corpora: frames, cached steps, stored masks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skillgraft import experiments as ex
+from skillgraft import lab as lab_module
+from skillgraft.finetune import FinetuneConfig
+from skillgraft.localization import GraftConfig
+from test_tasks import corpora  # noqa: F401  (fixture: small corpora under a fresh SKILLGRAFT_HOME)
+
+
+@pytest.fixture
+def setting(corpora, tiny_llama_dir):  # noqa: F811
+    lab_module._LABS.clear()  # a Lab keeps the store of the home it was made under
+    yield ex.Setting(model=str(tiny_llama_dir), k=4, test_size=12, max_length=32,
+                     finetune=FinetuneConfig(lr=0.05, steps=4, batch_size=4, eval_every=2),
+                     graft=GraftConfig(sparsity=0.05, lr=1e4, epochs=1))
+    lab_module._LABS.clear()
+
+
+def test_single_task_frame_and_cache(setting, monkeypatch):
+    sparsities = [0.01, 0.05]
+    first = ex.single_task(["mr"], [13], sparsities, setting)
+    res = first.results
+    assert sorted(res.variant.unique()) == ["fine-tuned", "graft", "random", "top-movement", "zero-shot"]
+    assert len(res) == 2 + 3 * len(sparsities)
+    n = setting.lab().store.root
+    assert n.is_dir()
+    for s in sparsities:  # the baselines have exactly round(s·N) entries
+        sizes = res[np.isclose(res.sparsity, s)].set_index("variant").mask_size
+        assert sizes["random"] == sizes["top-movement"] == round(s * _graftable(setting))
+    assert res.accuracy.between(0, 1).all() and res.ece.between(0, 1).all()
+    assert set(first.locations.module) <= {"attention", "mlp", "norm", "other"}
+
+    # a second run computes nothing: fine-tuning and localization would fail if called
+    def boom(*a, **k):
+        raise AssertionError("recomputed a cached step")
+    monkeypatch.setattr(lab_module.ft, "finetune", boom)
+    monkeypatch.setattr(lab_module, "localize", boom)
+    lab_module._LABS.clear()
+    again = ex.single_task(["mr"], [13], sparsities, setting)
+    assert again.results.equals(first.results)
+
+
+def test_masks_are_stored_as_positions(setting):
+    lab = setting.lab()
+    dspec = lab.delta_spec("mr", setting.k, 13, setting.finetune)
+    mspec = lab.mask_spec(dspec, "graft", 0.05, task="mr", cfg=setting.graft)
+    mask = lab.mask(mspec)
+    entry = lab.store.load("mask", mspec)
+    stored = sum(t.numel() for t in entry.tensors.values())
+    assert stored == mask.count < mask.total                  # one integer per grafted entry, not one per parameter
+    lab_module._LABS.clear()
+    fresh = setting.lab().mask(mspec)                         # read back from the store by a new Lab
+    assert fresh.equal(mask) and fresh.count == lab.mask_count(mspec)
+
+
+def _graftable(setting) -> int:
+    from skillgraft.graft import num_graftable
+
+    return num_graftable(setting.lab().lm.model)
+
+
+def test_multitask_regions_from_both_base_patches(setting):
+    import dataclasses
+
+    setting.graft = dataclasses.replace(setting.graft, base="gradient")
+    res = ex.multitask(["mr", "cr"], 13, 0.05, setting)
+    assert list(res.overlap.index) == ["mr", "cr"] and np.allclose(np.diag(res.overlap.values), 1.0)
+    assert res.alt_base == "movement" and res.alt_overlap.shape == (2, 2)
+    # from the official base patch both tasks start from the same top-|δ| patch of the one delta
+    assert res.alt_overlap.values[0, 1] >= res.overlap.values[0, 1]
+    assert len(res.similarity) == 1 and res.cross_graft.shape == (2, 2)
+    assert res.accuracy.set_index("task").region_size.gt(0).all()
