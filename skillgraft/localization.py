@@ -214,12 +214,11 @@ def gradient_base(clf, params, delta: Mapping[str, Tensor], batches, sparsity: f
     """
     for batch in batches:
         clf.loss(batch).backward()
-    grads = {n: p.grad for n, p in params.items()}
+    grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in params.items()}
     for p in params.values():
         p.grad = None
-    zero = {n: torch.zeros(()) for n in params}
-    mask = _top_k(lambda: ((n, -(g * delta[n]) if g is not None else zero[n].expand(delta[n].shape))
-                           for n, g in grads.items()), _count_for(sparsity, sum(d.numel() for d in delta.values())))
+    mask = _top_k(lambda: ((n, -(g * delta[n])) for n, g in grads.items()),
+                  _count_for(sparsity, sum(d.numel() for d in delta.values())))
     return Mask(mask, {"method": "gradient", "sparsity": sparsity})
 
 
