@@ -94,6 +94,15 @@ def _check_values(params: dict) -> None:
                     raise UsageError(f"parameter {name!r}: unknown task {task!r}; accepted: {', '.join(sorted(known))}")
         if name == "device" and str(value) != "auto" and not str(value).startswith("cuda"):
             resolve_device(value)
+    from .finetune import FinetuneConfig
+    from .localization import GraftConfig
+
+    for prefix, config, extra in (("ft_", FinetuneConfig, {}), ("graft_", GraftConfig, {"sparsity": 1e-4})):
+        fields = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+        try:
+            config(**{**extra, **fields})
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"parameters {prefix}*: {err}") from err
 
 
 def check_parameters(path: Path, given: dict) -> dict:

@@ -1,6 +1,7 @@
 """The parameter files in configs/ fit the notebooks they are for (a dry run, no computation)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,14 @@ def test_documented_run_commands_pass_the_dry_run(line, capsys):
     args = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
     code = cli.main(args + ([] if "--dry-run" in args else ["--dry-run"]))
     assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("graft_base", "sideways", "parameters graft_\\*: base must be one of \\('movement', 'gradient'\\)"),
+    ("ft_steps", "0", "parameters ft_\\*: steps must be an integer ≥ 1"),
+    ("ft_optimizer", "adam", "parameters ft_\\*: optimizer must be one of \\('sgd', 'adamw'\\)"),
+])
+def test_dry_run_rejects_bad_fine_tuning_and_graft_values(name, value, message, capsys):
+    """Values a type check cannot judge are refused before anything runs, naming the accepted ones."""
+    assert cli.main(["run", "04_multitask", "-p", name, value, "--dry-run"]) == 2
+    assert re.search(message, capsys.readouterr().err)
