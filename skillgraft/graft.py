@@ -233,16 +233,32 @@ def _count_for(sparsity: float, total: int) -> int:
 
 
 @torch.no_grad()
+def _kth_largest(scores: Callable[[], Iterator[tuple[str, Tensor]]], k: int, sample: int = 1 << 20) -> Tensor:
+    """The k-th largest of all scores, without sorting them: a strided sample gives a bound
+    t with (checked) at least k scores ≥ t, and only those candidates are ranked."""
+    sizes = [s.numel() for _, s in scores()]
+    total = sum(sizes)
+    stride = max(1, total // sample)
+    picked = torch.cat([s.reshape(-1)[::stride].float().cpu() for _, s in scores()])
+    rank = 2 * k * picked.numel() // total + 16                # expect about 2k scores above the bound
+    while True:
+        bound = picked.topk(rank).values[-1] if rank < picked.numel() else None
+        cands = [s.reshape(-1) if bound is None else s.reshape(-1)[s.reshape(-1) >= bound.to(s.dtype)]
+                 for _, s in scores()]
+        if bound is None or sum(c.numel() for c in cands) >= k:
+            return torch.cat([c.to(cands[0].dtype) for c in cands]).topk(k).values[-1]
+        rank *= 4                                               # too few above the bound: lower it
+
+
 def _top_k(scores: Callable[[], Iterator[tuple[str, Tensor]]], k: int) -> dict[str, Tensor]:
     """The k highest scores over all tensors; ties go to earlier parameters, then earlier positions.
 
-    ``scores()`` yields (name, scores) in a fixed order and is called three times, so that
-    no tensor of the size of the whole model is ever built (candidates: ≤ k per tensor).
+    ``scores()`` yields (name, scores) in a fixed order and is called a few times, so that
+    no tensor of the size of the whole model is ever built (candidates: about 2k in all).
     """
     if k == 0:
         return {n: torch.zeros(s.shape, dtype=torch.bool, device=s.device) for n, s in scores()}
-    cands = [s.reshape(-1).topk(min(k, s.numel())).values for _, s in scores()]
-    threshold = torch.cat(cands).topk(k).values[-1]            # the k-th largest score
+    threshold = _kth_largest(scores, k)
     ties_wanted = k - sum(int((s > threshold).sum()) for _, s in scores())
     out = {}
     for n, s in scores():

@@ -81,6 +81,22 @@ def test_top_movement_breaks_ties_by_order():
         graft.top_movement({"a": torch.tensor([float("nan"), 1.0])}, 0.5)
 
 
+@pytest.mark.parametrize("k", [1, 7, 50, 333, 999, 1000])
+def test_top_k_matches_a_full_sort_with_ties(k):
+    """The sampled-bound top-k equals a stable full sort, ties to earlier parameters and positions."""
+    gen = torch.Generator().manual_seed(k)
+    scores = {"a": torch.randint(0, 40, (300,), generator=gen).float(),       # many ties
+              "b": torch.randn(20, 20, generator=gen), "c": torch.full((300,), 5.0)}
+    flat = torch.cat([t.reshape(-1) for t in scores.values()])
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:k]
+    want = torch.zeros(flat.numel(), dtype=torch.bool)
+    want[order] = True
+    got = graft._top_k(lambda: iter(scores.items()), k)
+    assert torch.equal(torch.cat([m.reshape(-1) for m in got.values()]), want)
+    got_small_sample = graft._kth_largest(lambda: iter(scores.items()), k, sample=16)  # bound often too high
+    assert float(got_small_sample) == float(flat.sort(descending=True).values[k - 1])
+
+
 def test_random_mask_exact_count_and_seeded(tiny_llama):
     delta, _ = small_delta(tiny_llama)
     n = graft.num_graftable(tiny_llama)
