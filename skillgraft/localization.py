@@ -249,7 +249,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
             base_mask = gradient_base(clf, params, delta, batches, cfg.sparsity)
     else:
         base_mask = top_movement(delta, cfg.sparsity)
-    base = _Sparse.from_mask(base_mask)
+    base, base_meta = _Sparse.from_mask(base_mask), base_mask.meta
     del base_mask
     z = {n: s.sub_(cfg.sigmoid_bias) for n, s in init_scores(delta, cfg.seed).items()}  # z = S − b
     ws = _Workspace(params)
@@ -282,7 +282,6 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
             score(epoch, rounded, {**stats, "seconds_step": time.perf_counter() - start})
     _, best_epoch, kept = best if best is not None else (0.0, 0, base)
     meta = {"method": "localize", "epoch": best_epoch, **asdict(cfg)}
-    return LocalizeResult(mask=kept.mask(meta), base=base.mask({"method": "top_movement" if cfg.base == "movement" else "gradient",
-                                                         "sparsity": cfg.sparsity}),
+    return LocalizeResult(mask=kept.mask(meta), base=base.mask(base_meta),
                           history=pd.DataFrame(rows), best_epoch=best_epoch, config=cfg,
                           scores={n: t.add_(cfg.sigmoid_bias) for n, t in z.items()} if cfg.keep_scores else None)
