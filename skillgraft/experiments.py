@@ -210,12 +210,13 @@ def _cosine(a: dict, b: dict) -> float:
     return dot / (na * nb)
 
 
-def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting) -> MultiTask:
+def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
+              compare_bases: bool = False) -> MultiTask:
     """One model fine-tuned on all ``tasks`` at once; a region per task; how they overlap.
 
-    Regions are localized from ``setting.graft.base``; the regions from the other base patch
-    are computed too, for their overlap (``alt_overlap``): with one δ shared by all tasks,
-    the official top-movement base patch is the same for every task.
+    Regions are localized from ``setting.graft.base``. With ``compare_bases``, the regions from
+    the other base patch are localized too, for their overlap (``alt_overlap``): with one δ
+    shared by all tasks, the official top-movement base patch is the same for every task.
     """
     from .tasks import get_task
 
@@ -247,12 +248,13 @@ def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting) ->
         sim_rows.append(dict(pair=f"{a}–{b}", kind="–".join(sorted((fa, fb))),
                              similarity=_cosine(lab.delta(single[a]), lab.delta(single[b])),
                              overlap=(overlap.loc[a, b] + overlap.loc[b, a]) / 2, jaccard=jac.loc[a, b]))
-    # the same regions localized from the other base patch: overlaps only (no evaluations)
-    alt = "movement" if setting.graft.base == "gradient" else "gradient"
-    alt_cfg = dataclasses.replace(setting.graft, base=alt)
-    alt_masks = {t: lab.mask(lab.mask_spec(mt_spec, "graft", sparsity, task=t, cfg=alt_cfg)) for t in tasks}
-    return MultiTask(masks, overlap, jac, rnd, cross.astype(float), pd.DataFrame(acc_rows), pd.DataFrame(sim_rows),
-                     alt, mt.overlap_matrix(alt_masks, "asymmetric"))
+    out = MultiTask(masks, overlap, jac, rnd, cross.astype(float), pd.DataFrame(acc_rows), pd.DataFrame(sim_rows))
+    if compare_bases:  # the same regions localized from the other base patch: overlaps only (no evaluations)
+        out.alt_base = "movement" if setting.graft.base == "gradient" else "gradient"
+        alt_cfg = dataclasses.replace(setting.graft, base=out.alt_base)
+        alt = {t: lab.mask(lab.mask_spec(mt_spec, "graft", sparsity, task=t, cfg=alt_cfg)) for t in tasks}
+        out.alt_overlap = mt.overlap_matrix(alt, "asymmetric")
+    return out
 
 
 # ---------------------------------------------------------------------------- 05: continual learning
@@ -278,8 +280,8 @@ def continual(sequence: list[str], seed: int, sparsity: float, setting: Setting)
     stages = [lab.delta_spec(sequence, setting.k, seed, setting.finetune, mode="sequential", stage=t) for t in range(T)]
     mspecs = []
     for t, task in enumerate(sequence):
-        # the stage's own update θ_t − θ_{t−1}, localized on top of θ_{t−1}
-        own = {"of": stages[t], "minus": stages[t - 1] if t else None, "k": setting.k, "seed": seed}
+        # the stage's own update θ_t − θ_{t−1}, localized on top of θ_{t−1} (stage 0: the single-task graft)
+        own = {"of": stages[t], "minus": stages[t - 1], "k": setting.k, "seed": seed} if t else stages[0]
         mspecs.append(lab.mask_spec(own, "graft", sparsity, task=task, cfg=setting.graft,
                                     base=stages[t - 1] if t else None))
     idx = pd.Index(range(1, T + 1), name="after stage")
@@ -306,5 +308,8 @@ def continual(sequence: list[str], seed: int, sparsity: float, setting: Setting)
 
 
 def _stitched_variant(lab, stages, mspecs, t: int, sparsity: float) -> Variant:
-    """All regions of stages 0..t stitched into θ_pre (the stitched delta is zero off the union)."""
+    """All regions of stages 0..t stitched into θ_pre (the stitched delta is zero off the union);
+    after the first stage there is one region, and stitching it is grafting it."""
+    if t == 0:
+        return Variant("stitched", mspecs[0]["delta"], mspecs[0], sparsity)
     return Variant("stitched", delta={"stitch": mspecs[:t + 1]}, sparsity=sparsity)

@@ -206,15 +206,25 @@ def finetune_multitask(items: Sequence[tuple], cfg: FinetuneConfig | None = None
 
 
 def finetune_sequential(items: Sequence[tuple], cfg: FinetuneConfig | None = None,
-                        progress: bool = True) -> list[FinetuneResult]:
+                        progress: bool = True, done: Sequence[Delta] = ()) -> list[FinetuneResult]:
     """Task 1, then from there task 2, …; result t's delta is θ_t − θ_pre (cumulative), so stage t's own
     change is delta_t − delta_{t−1}. Each stage keeps its best-dev checkpoint (if ``keep_best``) and
-    the next starts from it. The model ends at θ_pre.
+    the next starts from θ_pre + delta_{t−1}, the stage's model as stored, so a sequence resumed from
+    stored deltas continues exactly. Stage 0 is :func:`finetune` on the first task (same batches).
+
+    ``done``: cumulative deltas of the first stages, already trained (e.g. read from a cache); they are
+    not trained again and not returned. The model ends at θ_pre.
     """
     cfg = cfg or FinetuneConfig()
     model = _shared_model(items)
+    if len(done) >= len(items):
+        raise ValueError(f"all {len(items)} stages are done already ({len(done)} deltas given)")
     results = []
     with _session(model, cfg) as (params, origin):
-        for t, item in enumerate(items):
-            results.append(_train(params, [item], cfg, origin, t, progress, f"finetune task {t}"))
+        previous = done[-1] if done else None
+        for t in range(len(done), len(items)):
+            if previous is not None:
+                _load(params, {n: origin[n] + previous[n].to(origin[n].device) for n in params})
+            results.append(_train(params, [items[t]], cfg, origin, t, progress, f"finetune task {t}"))
+            previous = results[-1].delta
     return results

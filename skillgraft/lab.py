@@ -64,8 +64,13 @@ class Lab:
     def delta_spec(self, tasks: list[str] | str, k: int, seed: int, cfg: ft.FinetuneConfig,
                    mode: str = "single", stage: int | None = None) -> dict:
         """What identifies a fine-tuned delta: tasks, k, data seed, config, and mode
-        ("single", "multitask", or "sequential" with the stage index)."""
+        ("single", "multitask", or "sequential" with the stage index).
+
+        Stage 0 of a sequence *is* the single-task fine-tune of its first task (the same
+        steps on the same batches), so it gets that spec and shares its cache entry."""
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        if mode == "sequential" and stage == 0:
+            mode, stage, tasks = "single", None, tasks[:1]
         return self._base(tasks=tasks, k=k, seed=seed, finetune=asdict(cfg), mode=mode, stage=stage)
 
     def delta(self, spec: dict) -> dict[str, torch.Tensor]:
@@ -115,11 +120,12 @@ class Lab:
             n = len(items)
             results = [ft.finetune_multitask(items, replace(cfg, steps=cfg.steps * n, eval_every=cfg.eval_every * n),
                                              progress=False)]
-        else:  # sequential: every stage is stored, each under its own spec
-            results = ft.finetune_sequential(items, cfg, progress=False)
+        else:  # sequential: stage 0 is the single-task delta; every later stage is stored under its own spec
+            first = self.delta(self.delta_spec(spec["tasks"], spec["k"], spec["seed"], cfg, "sequential", 0))
+            results = ft.finetune_sequential(items, cfg, progress=False, done=[first])
         wanted = None
         for i, res in enumerate(results):
-            stage_spec = spec if spec["mode"] != "sequential" else {**spec, "stage": i}
+            stage_spec = spec if spec["mode"] != "sequential" else {**spec, "stage": i + 1}
             meta = {"history": res.history.to_dict("records"), "best_step": res.best_step,
                     "best_dev_acc": res.best_dev_acc}
             entry = self.store.save("delta", stage_spec, res.delta, meta)
@@ -163,9 +169,13 @@ class Lab:
         return meta["count"] if meta else self.mask(spec).count
 
     def mask_history(self, spec: dict) -> list[dict]:
-        """Per-epoch localization history of a graft mask (from its metadata)."""
+        """Per-epoch localization history of a graft mask (from its metadata), with ``kept``:
+        whether that epoch's mask is the one localization kept."""
         meta = self.store.load_meta("mask", spec)
-        return (meta or self.mask(spec).meta)["history"]
+        if meta is None:
+            self.mask(spec)
+            meta = self.store.load_meta("mask", spec)
+        return [{**row, "kept": row["epoch"] == meta["best_epoch"]} for row in meta["history"]]
 
     def mask_location(self, spec: dict) -> list[dict]:
         """Share of the mask per layer and module kind, cached as JSON beside the mask."""
@@ -188,20 +198,38 @@ class Lab:
         """Class probabilities (N, C) and labels of ``variant`` on ``task``'s split.
 
         ``prompt_task`` scores ``task``'s texts with another task's prompt (OOD transfer).
-        Dev splits depend on (k, seed); the test split does not.
+        Dev splits depend on (k, seed); the test split does not. Predictions are stored under
+        the prompt itself (tasks with one template share them) and the mask's content where
+        two specs name the same mask (:meth:`_same_mask`).
         """
-        spec = self._base(task=task, prompt_task=prompt_task, split=split,
+        clf = self.classifier(prompt_task or task)
+        spec = self._base(task=task, prompt=[clf.prompt.template, list(clf.prompt.label_words)], split=split,
                           k=k if split != "test" else None, seed=seed if split != "test" else None,
-                          delta=variant.delta, mask=variant.mask)
+                          delta=variant.delta, mask=self._same_mask(variant.mask))
         entry = self.store.load("probs", spec)
         if entry is None:
             data = self.splits(task, k, seed)[split]
-            clf = self.classifier(prompt_task or task)
             with self.apply(variant):
                 probs = clf.predict_proba(data, batch_size=16)
             entry = self.store.save("probs", spec, {"probs": torch.from_numpy(probs),
                                                     "labels": torch.tensor(data["label"])}, {})
         return entry.tensors["probs"].numpy(), entry.tensors["labels"].numpy()
+
+    def _same_mask(self, spec: dict | None) -> dict | None:
+        """A graft that kept its top-movement base patch (epoch 0) *is* the top-movement mask of
+        its delta and sparsity: name it so, and the two variants share their predictions."""
+        if spec is None or spec["how"] != "graft":
+            return spec
+        cfg = spec["graft"]
+        if cfg["base"] != "movement" or not cfg["include_base"]:
+            return spec
+        meta = self.store.load_meta("mask", spec)
+        if meta is None:
+            self.mask(spec)
+            meta = self.store.load_meta("mask", spec)
+        if meta["best_epoch"] != 0:
+            return spec
+        return self.mask_spec(spec["delta"], "top-movement", spec["sparsity"])
 
     @contextlib.contextmanager
     def apply(self, variant: Variant):

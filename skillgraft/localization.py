@@ -227,7 +227,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     """Find the graft γ by the paper's algorithm (official ``graft_trainer.py``; PAPER.md "Localization").
 
     ``clf`` is a :class:`skillgraft.prompt.PromptClassifier` over θ_pre (``lm.model``,
-    ``encode``, ``loss``, ``accuracy``); ``delta`` is θ_ft − θ_pre over all graftable
+    ``encode``, ``loss``, ``accuracy``, ``length_order``); ``delta`` is θ_ft − θ_pre over all graftable
     parameters; ``train``/``dev`` are ``datasets.Dataset``. Each epoch: θ = θ_pre + frac⊙δ
     in place, g = mean over the train batches of ∇θL ⊙ δ, one step on S, then round(frac) is
     grafted and scored on train and dev; the best (first on ties) is kept.
@@ -243,7 +243,9 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     _check_names(_shapes(delta), _shapes(params), "delta")
     if len(train) == 0 or len(dev) == 0:
         raise ValueError(f"localize needs non-empty train and dev sets, got {len(train)} and {len(dev)} examples")
-    batches = [clf.encode(train[i:i + cfg.batch_size]) for i in range(0, len(train), cfg.batch_size)]
+    # batches of similar length (less padding): the gradient is a mean over the whole train set
+    order = clf.length_order(train)
+    batches = [clf.encode(train[order[i:i + cfg.batch_size]]) for i in range(0, len(train), cfg.batch_size)]
     if cfg.base == "gradient":
         with only_graftable_trainable(model):
             base_mask = gradient_base(clf, params, delta, batches, cfg.sparsity)

@@ -203,6 +203,12 @@ class PromptClassifier:
             raise ValueError("batch has no 'labels'; encode examples that carry a 'label' column")
         return F.cross_entropy(self.class_logits(batch), batch["labels"])
 
+    def length_order(self, dataset) -> list[int]:
+        """Indices of ``dataset`` from the shortest text to the longest (stable): batches cut in
+        this order are of similar length, so they carry little padding."""
+        cols = [list(dataset[f]) for f in self.prompt.text_fields]
+        return sorted(range(len(dataset)), key=lambda i: sum(len(str(c[i])) for c in cols))
+
     def predict_proba(self, dataset, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Class probabilities (N, C) over a ``datasets.Dataset``, in eval mode, batched by length."""
         if batch_size < 1:
@@ -213,7 +219,7 @@ class PromptClassifier:
             raise ValueError(f"dataset lacks text field(s) {missing}; it has {dataset.column_names}")
         cols = {f: list(dataset[f]) for f in fields}
         n = len(dataset)
-        order = sorted(range(n), key=lambda i: sum(len(str(cols[f][i])) for f in fields))  # less padding
+        order = self.length_order(dataset)
         out = np.zeros((n, self.num_classes), dtype=np.float64)
         model = self.lm.model
         was_training = model.training

@@ -65,3 +65,4 @@ def test_dry_run_rejects_bad_fine_tuning_and_graft_values(name, value, message, 
     """Values a type check cannot judge are refused before anything runs, naming the accepted ones."""
     assert cli.main(["run", "04_multitask", "-p", name, value, "--dry-run"]) == 2
     assert re.search(message, capsys.readouterr().err)
+

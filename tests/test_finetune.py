@@ -158,6 +158,25 @@ def test_sequential_deltas_are_cumulative(tokenizer):
         assert topic.accuracy(items[1][2]) == stages[1].history["dev_acc"].iloc[-1]
 
 
+def test_sequential_resumes_exactly_from_stored_stages(tokenizer):
+    model = make_llama()
+    items = [(classifier(model, tokenizer), data(SENTIMENT), data(SENTIMENT)),
+             (classifier(model, tokenizer, "news : {text} . topic :", (" sport", " business")),
+              data(TOPIC, "a story about"), data(TOPIC, "news")),
+             (classifier(model, tokenizer, "opinion : {text} . it was", (" bad", " good")),
+              data(SENTIMENT, "the show was"), data(SENTIMENT, "the show was"))]
+    cfg = FinetuneConfig(**FAST)
+    full = finetune_sequential(items, cfg, progress=False)
+    before = state(model)
+    rest = finetune_sequential(items, cfg, progress=False, done=[full[0].delta])  # stage 0 read from a store
+    assert same_bits(model, before) and len(rest) == 2
+    for a, b in zip(full[1:], rest):
+        assert all(torch.equal(a.delta[n], b.delta[n]) for n in a.delta)
+        assert a.history.equals(b.history.assign(seconds=a.history.seconds))
+    with pytest.raises(ValueError, match="all 3 stages are done"):
+        finetune_sequential(items, cfg, progress=False, done=[r.delta for r in full])
+
+
 def test_roberta_and_adamw_and_clipping(tokenizer):
     model = make_roberta()
     clf = classifier(model, tokenizer, "{text} It was {mask} .", (" bad", " good"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from skillgraft import experiments as ex
 from skillgraft import lab as lab_module
@@ -67,10 +68,73 @@ def test_multitask_regions_from_both_base_patches(setting):
     import dataclasses
 
     setting.graft = dataclasses.replace(setting.graft, base="gradient")
-    res = ex.multitask(["mr", "cr"], 13, 0.05, setting)
+    res = ex.multitask(["mr", "cr"], 13, 0.05, setting, compare_bases=True)
     assert list(res.overlap.index) == ["mr", "cr"] and np.allclose(np.diag(res.overlap.values), 1.0)
     assert res.alt_base == "movement" and res.alt_overlap.shape == (2, 2)
     # from the official base patch both tasks start from the same top-|δ| patch of the one delta
     assert res.alt_overlap.values[0, 1] >= res.overlap.values[0, 1]
     assert len(res.similarity) == 1 and res.cross_graft.shape == (2, 2)
     assert res.accuracy.set_index("task").region_size.gt(0).all()
+
+
+def test_multitask_localizes_the_other_base_only_when_asked(setting, monkeypatch):
+    calls = []
+    real = lab_module.localize
+    monkeypatch.setattr(lab_module, "localize", lambda *a, **k: calls.append(a[-1].base) or real(*a, **k))
+    res = ex.multitask(["mr", "cr"], 13, 0.05, setting)
+    assert res.alt_overlap is None and res.alt_base == "" and calls == ["movement", "movement"]
+
+
+def _count_predictions(lab, monkeypatch) -> list:
+    """One item per prediction entry ``lab`` writes from now on (each one computed)."""
+    calls, real = [], lab.store.save
+    monkeypatch.setattr(lab.store, "save", lambda kind, *a, **k: (calls.append(1) if kind == "probs" else None)
+                        or real(kind, *a, **k))
+    return calls
+
+
+def test_predictions_are_shared_by_identical_prompts_and_masks(setting, monkeypatch):
+    import dataclasses
+
+    lab = setting.lab()
+    calls = _count_predictions(lab, monkeypatch)
+    assert lab.classifier("mr").prompt == lab.classifier("cr").prompt  # one template for both
+    p1, y1 = lab.predict("cr", lab_module.Variant("zero-shot"))
+    p2, y2 = lab.predict("cr", lab_module.Variant("zero-shot"), prompt_task="mr")
+    assert len(calls) == 1 and np.array_equal(p1, p2) and np.array_equal(y1, y2)
+    lab.predict("cr", lab_module.Variant("zero-shot"), prompt_task="tweets3")  # another prompt: computed
+    assert len(calls) == 2
+
+    # a step of size 0 cannot move the mask: the graft keeps its base patch, the top-movement mask
+    dspec = lab.delta_spec("mr", setting.k, 13, setting.finetune)
+    still = dataclasses.replace(setting.graft, lr=0.0)
+    graft = lab.mask_spec(dspec, "graft", 0.05, task="mr", cfg=still)
+    top = lab.mask_spec(dspec, "top-movement", 0.05)
+    assert lab.mask(graft).equal(lab.mask(top)) and lab.store.load_meta("mask", graft)["best_epoch"] == 0
+    n = len(calls)
+    pg, _ = lab.predict("mr", lab_module.Variant("graft", dspec, graft, 0.05))
+    pt, _ = lab.predict("mr", lab_module.Variant("top-movement", dspec, top, 0.05))
+    assert len(calls) == n + 1 and np.array_equal(pg, pt)
+    # from the gradient base patch the graft is another mask: its predictions are its own
+    other = lab.mask_spec(dspec, "graft", 0.05, task="mr", cfg=dataclasses.replace(still, base="gradient"))
+    lab.predict("mr", lab_module.Variant("graft", dspec, other, 0.05))
+    assert len(calls) == n + 2
+
+
+def test_continual_shares_its_first_stage(setting):
+    lab = setting.lab()
+    single = lab.delta_spec("mr", setting.k, 13, setting.finetune)
+    assert lab.delta_spec(["mr", "cr"], setting.k, 13, setting.finetune, mode="sequential", stage=0) == single
+    first = {n: t.clone() for n, t in lab.delta(single).items()}
+    res = ex.continual(["mr", "cr"], 13, 0.05, setting)
+    assert set(res.matrices) == {"sequential", "graft (task known)", "stitched", "multitask"}
+    assert res.matrices["multitask"].shape == (1, 2) and res.summary.method.tolist()[-1] == "multitask"
+    r = res.matrices
+    assert r["stitched"].iloc[0, 0] == r["graft (task known)"].iloc[0, 0]  # one region: stitching is grafting
+    probs, labels = lab.predict("mr", lab_module.Variant("fine-tuned", delta=single))
+    assert r["sequential"].iloc[0, 0] == (probs.argmax(1) == labels).mean()
+    # the stored single-task delta was not trained again: the sequence went on from it
+    assert all(torch.equal(first[n], lab.delta(single)[n]) for n in first)
+    stage1 = lab.delta_spec(["mr", "cr"], setting.k, 13, setting.finetune, mode="sequential", stage=1)
+    assert lab.store.load_meta("delta", stage1)["history"][0]["task"] == 1
+    assert lab.store.load_meta("delta", {**stage1, "stage": 0}) is None  # stage 0 lives under the single spec only

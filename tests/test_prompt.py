@@ -98,6 +98,17 @@ def test_predict_proba_and_accuracy(masked):
     assert acc == pytest.approx(float((proba.argmax(1) == np.array([0, 1, 0] * 3)).mean()))
 
 
+def test_length_order_cuts_batches_with_less_padding(causal):
+    texts = ["a b c d e f g h i j", "a", "a b c d e", "a b", "a b c d e f g h", "a b c"]
+    ds = datasets.Dataset.from_dict({"text": texts, "label": [0, 1] * 3})
+    order = causal.length_order(ds)
+    assert sorted(order) == list(range(6)) and [len(texts[i]) for i in order] == sorted(map(len, texts))
+
+    def padded(idx):  # tokens of batches of 2 cut in this order, padding included
+        return sum(causal.encode(ds[idx[i:i + 2]])["input_ids"].numel() for i in range(0, 6, 2))
+    assert padded(order) < padded(list(range(6)))
+
+
 def test_predict_proba_restores_training_mode(causal):
     causal.lm.model.train()
     causal.predict_proba(datasets.Dataset.from_dict({"text": TEXTS}))
