@@ -101,10 +101,14 @@ class Lab:
 
     def delta_meta(self, spec: dict) -> dict:
         """Fine-tuning history and best dev accuracy of the delta for ``spec``."""
-        meta = self.store.load_meta("delta", spec)
+        return self._meta("delta", spec)
+
+    def _meta(self, kind: str, spec: dict) -> dict:
+        """The stored metadata of a delta or graft mask, computing the artifact first if it is not stored."""
+        meta = self.store.load_meta(kind, spec)
         if meta is None:
-            self.delta(spec)
-            meta = self.store.load_meta("delta", spec)
+            (self.delta if kind == "delta" else self.mask)(spec)
+            meta = self.store.load_meta(kind, spec)
         return meta
 
     def _finetune(self, spec: dict):
@@ -161,24 +165,16 @@ class Lab:
         self._remember(self._masks, key, mask, keep=6)
         return mask
 
-    def _graft_meta(self, spec: dict) -> dict:
-        """The stored metadata of a graft mask (count, best epoch, history), localizing it first if needed."""
-        meta = self.store.load_meta("mask", spec)
-        if meta is None:
-            self.mask(spec)
-            meta = self.store.load_meta("mask", spec)
-        return meta
-
     def mask_count(self, spec: dict) -> int:
         """|γ| without building the mask where it is known: baselines have the exact target count."""
         if spec["how"] != "graft":
             return gr._count_for(spec["sparsity"], gr.num_graftable(self.lm.model))
-        return self._graft_meta(spec)["count"]
+        return self._meta("mask", spec)["count"]
 
     def mask_history(self, spec: dict) -> list[dict]:
         """Per-epoch localization history of a graft mask (from its metadata), with ``kept``:
         whether that epoch's mask is the one localization kept."""
-        meta = self._graft_meta(spec)
+        meta = self._meta("mask", spec)
         return [{**row, "kept": row["epoch"] == meta["best_epoch"]} for row in meta["history"]]
 
     def mask_location(self, spec: dict) -> list[dict]:
@@ -225,7 +221,7 @@ class Lab:
         if spec is None or spec["how"] != "graft":
             return spec
         cfg = spec["graft"]
-        if cfg["base"] != "movement" or not cfg["include_base"] or self._graft_meta(spec)["best_epoch"] != 0:
+        if cfg["base"] != "movement" or not cfg["include_base"] or self._meta("mask", spec)["best_epoch"] != 0:
             return spec
         return self.mask_spec(spec["delta"], "top-movement", spec["sparsity"])
 
