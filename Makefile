@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh machine:
 #   make book   executes the notebooks on the embedded model and builds the book (_build/html)
-#   make test   unit tests, then nbval over the notebooks, then a book build from their outputs
+#   make test   unit tests, the chapters computed into the store, nbval over the notebooks, a book build
 # Each target installs what it needs first and is quick when nothing changed.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +11,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup assets book test unit nbval bench clean
+.PHONY: setup assets book test unit compute nbval bench clean
 
 setup: $(STAMP) assets
 
@@ -33,7 +33,13 @@ book: setup
 unit: setup
 	$(BIN)/pytest tests
 
-nbval: setup
+# Compute first, validate second: executing each chapter (into runs/compute, never over the book's
+# notebooks) fills the store with every fine-tune, graft and prediction, with no cell timeout; nbval
+# then re-executes the notebooks from the store in seconds a cell and compares the committed outputs.
+compute: setup
+	@for nb in notebooks/[0-9][0-9]_*.ipynb; do $(BIN)/skillgraft run $$nb --output-dir runs/compute || exit 1; done
+
+nbval: compute
 	$(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
 
 test: unit nbval

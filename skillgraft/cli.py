@@ -93,7 +93,32 @@ def _check_values(params: dict) -> None:
                 if task not in known:
                     raise UsageError(f"parameter {name!r}: unknown task {task!r}; accepted: {', '.join(sorted(known))}")
         if name == "device" and str(value) != "auto" and not str(value).startswith("cuda"):
-            resolve_device(value)
+            try:
+                resolve_device(value)
+            except (RuntimeError, ValueError) as err:
+                raise UsageError(f"parameter 'device': {err}") from err
+    from .prompt import PRECISIONS
+
+    if "precision" in params and params["precision"] not in PRECISIONS:
+        raise UsageError(f"parameter 'precision': unknown precision {params['precision']!r}; "
+                         f"accepted: {', '.join(PRECISIONS)}")
+    for name in ("k", "test_size", "max_length", "seed", "ece_bins"):
+        value = params.get(name)
+        low = 0 if name == "seed" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise UsageError(f"parameter {name!r} must be an integer ≥ {low}, got {value!r}")
+    seeds = params.get("seeds")
+    if seeds is not None and (not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        raise UsageError(f"parameter 'seeds' must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    for name in ("sparsities", "claim_sparsity"):
+        values = params.get(name)
+        for value in values if isinstance(values, (list, tuple)) else [] if values is None else [values]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise UsageError(f"parameter {name!r}: a sparsity is a fraction in (0, 1] of the graftable "
+                                 f"parameters, got {value!r}")
+    if "sparsities" in params and "claim_sparsity" in params and params["claim_sparsity"] not in params["sparsities"]:
+        raise UsageError(f"parameter 'claim_sparsity' ({params['claim_sparsity']!r}) must be one of 'sparsities' "
+                         f"({params['sparsities']!r}): the claim is checked on a graft that was computed")
     from .finetune import FinetuneConfig
     from .localization import GraftConfig
 
@@ -152,8 +177,9 @@ def execute(path: Path, output: Path, params: dict, cwd: Path | None = None) -> 
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}-", suffix=".ipynb")
     os.close(fd)
     try:
+        print(f"executing {path.stem} -> {output}", file=sys.stderr, flush=True)
         pm.execute_notebook(str(path), tmp, parameters=params, cwd=str(cwd or path.parent),
-                            kernel_name="python3", progress_bar=False)
+                            kernel_name="python3", progress_bar=sys.stderr.isatty())
         os.replace(tmp, output)
     finally:
         Path(tmp).unlink(missing_ok=True)

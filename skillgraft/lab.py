@@ -20,8 +20,9 @@ from . import finetune as ft
 from . import graft as gr
 from . import tasks as tk
 from .cache import Store, default_store
-from .localization import GraftConfig, localize
+from .localization import GROW_SPARSITY, GraftConfig, localize
 from .models import load_lm
+from .prompt import PRECISIONS
 
 __all__ = ["Lab", "Variant", "get_lab"]
 
@@ -42,8 +43,10 @@ class Lab:
     """One model, one store; cached experiment steps."""
 
     def __init__(self, model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64,
-                 test_size: int = 200, store: Store | None = None):
-        self.model_name, self.max_length, self.test_size = model, max_length, test_size
+                 test_size: int = 200, store: Store | None = None, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
+        self.model_name, self.max_length, self.test_size, self.precision = model, max_length, test_size, precision
         self.lm = load_lm(model, device=device)
         self.store = store or default_store()
         self._deltas: dict[str, dict] = {}   # spec key -> delta, the last few in memory
@@ -58,7 +61,8 @@ class Lab:
         return _splits(task, k, seed, self.test_size)
 
     def _base(self, **spec) -> dict:
-        return {"model": self.model_name, "max_length": self.max_length, "test_size": self.test_size, **spec}
+        return {"model": self.model_name, "max_length": self.max_length, "test_size": self.test_size,
+                "precision": self.precision, **spec}
 
     # ---------------------------------------------------------------- fine-tuning
     def delta_spec(self, tasks: list[str] | str, k: int, seed: int, cfg: ft.FinetuneConfig,
@@ -130,8 +134,7 @@ class Lab:
         wanted = None
         for i, res in enumerate(results):
             stage_spec = spec if spec["mode"] != "sequential" else {**spec, "stage": i + 1}
-            meta = {"history": res.history.to_dict("records"), "best_step": res.best_step,
-                    "best_dev_acc": res.best_dev_acc}
+            meta = {"history": res.history.to_dict("records"), **res.regime()}
             entry = self.store.save("delta", stage_spec, res.delta, meta)
             if stage_spec == spec:
                 wanted = entry
@@ -144,6 +147,8 @@ class Lab:
         if given), "top-movement" or "random"."""
         if how not in ("graft", "top-movement", "random"):
             raise ValueError(f"unknown mask kind {how!r}; accepted: graft, top-movement, random")
+        if how == "graft" and cfg.start == "grow":  # a grown graft starts from the same tiny patch at any target
+            sparsity = GROW_SPARSITY
         spec = {"delta": delta_spec, "how": how, "sparsity": sparsity}
         if how == "graft":
             spec.update(task=task, graft=asdict(replace(cfg, sparsity=sparsity)), base=base)
@@ -164,6 +169,13 @@ class Lab:
             mask = gr.Mask.from_positions(entry.tensors, gr.graftable_parameters(self.lm.model), meta=entry.meta)
         self._remember(self._masks, key, mask, keep=6)
         return mask
+
+    def sized_like(self, graft_spec: dict, how: str, seed: int = 0) -> dict:
+        """The spec of a ``how`` mask ("top-movement" or "random") of the graft's *final* size,
+        so that no method wins by being bigger (a graft can grow past its base patch)."""
+        count, total = self.mask_count(graft_spec), gr.num_graftable(self.lm.model)
+        same = gr._count_for(graft_spec["sparsity"], total) == count
+        return self.mask_spec(graft_spec["delta"], how, graft_spec["sparsity"] if same else count / total, seed=seed)
 
     def mask_count(self, spec: dict) -> int:
         """|γ| without building the mask where it is known: baselines have the exact target count."""
@@ -254,17 +266,18 @@ def _splits(task: str, k: int, seed: int, test_size: int) -> tk.Splits:
 def _classifier(lab: Lab, task: str):
     cache = lab.__dict__.setdefault("_classifiers", {})
     if task not in cache:
-        cache[task] = tk.get_task(task).classifier(lab.lm, max_length=lab.max_length)
+        cache[task] = tk.get_task(task).classifier(lab.lm, max_length=lab.max_length, precision=lab.precision)
     return cache[task]
 
 
 _LABS: dict[tuple, Lab] = {}
 
 
-def get_lab(model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64, test_size: int = 200) -> Lab:
+def get_lab(model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64, test_size: int = 200,
+            precision: str = "fp32") -> Lab:
     """A shared :class:`Lab` per setting: the model loads once per process."""
-    key = (model, device, max_length, test_size)
+    key = (model, device, max_length, test_size, precision)
     if key not in _LABS:
         _LABS.clear()  # one model in memory at a time
-        _LABS[key] = Lab(model, device, max_length, test_size)
+        _LABS[key] = Lab(model, device, max_length, test_size, precision=precision)
     return _LABS[key]

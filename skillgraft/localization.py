@@ -22,11 +22,13 @@ from tqdm.auto import tqdm
 from .graft import (Delta, Mask, _add_exact, _check_names, _count_for, _shapes, _sub_exact, _top_k,
                     graftable_parameters, grafted, only_graftable_trainable, top_movement)
 
-__all__ = ["SELECT", "BASES", "GraftConfig", "gradient_base", "LocalizeResult", "init_scores", "relaxed_frac", "localize"]
+__all__ = ["SELECT", "BASES", "STARTS", "GROW_SPARSITY", "GraftConfig", "gradient_base", "LocalizeResult", "init_scores", "relaxed_frac", "localize"]
 
 log = logging.getLogger(__name__)
 SELECT = ("train+dev", "dev", "last")  # what keeps a mask
 BASES = ("movement", "gradient")         # how the base patch γ_base is chosen
+STARTS = ("refine", "grow")              # refine a base patch of the target size, or grow one of GROW_SPARSITY
+GROW_SPARSITY = 1e-7                     # the shipped graft script's base patch: ~10 entries of a 100M model
 
 
 @dataclass
@@ -45,6 +47,13 @@ class GraftConfig:
     include_base: bool = True     # the base patch (epoch 0) competes in the selection (official: it does not)
     keep_scores: bool = False     # return the final S: one fp32 per graftable entry, a model-sized tensor
     base: str = "movement"        # γ_base: "movement" = top |δ| (official); "gradient" = top −∇θL⊙δ on the train set
+    start: str = "refine"         # "refine": γ_base at ``sparsity``; "grow": γ_base at GROW_SPARSITY (shipped script)
+
+    @property
+    def base_sparsity(self) -> float:
+        """The size of γ_base: ``sparsity`` when refining, GROW_SPARSITY when growing (the final
+        size of a grown graft is an outcome of lr × epochs, not a parameter)."""
+        return self.sparsity if self.start == "refine" else GROW_SPARSITY
 
     def __post_init__(self):
         _count_for(self.sparsity, 1)
@@ -60,6 +69,8 @@ class GraftConfig:
             raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
         if self.base not in BASES:
             raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
         for name in ("include_base", "keep_scores"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -93,6 +104,10 @@ class _Sparse:
             out[n] = torch.zeros(self.shapes[n], dtype=torch.bool, device=i.device)
             out[n].view(-1)[i] = True
         return Mask(out, meta)
+
+    def equal(self, other: "_Sparse") -> bool:
+        """The same entries (names and positions)."""
+        return self.count == other.count and all(torch.equal(i, other.index[n]) for n, i in self.index.items())
 
     def added(self, base: "_Sparse") -> int:
         """Entries here that are not in ``base``."""
@@ -163,7 +178,8 @@ def _unrelax(params, delta, z, base: _Sparse, ws: _Workspace, undo: dict, cfg: G
         p.grad = None
         g = g.mul_(delta[n].reshape(-1)).float()                           # n_batches · g
         gd_sum, gd_max = gd_sum + float(torch.linalg.vector_norm(g, 1)), max(gd_max, _abs_max(g))
-        deriv = frac.addcmul_(frac, frac, value=-1.0)                   # σ(1 − σ) = σ'(S − b), on or off the patch
+        sig = torch.sigmoid(zf, out=frac)                               # σ(S − b), on and off the patch
+        deriv = sig.mul_(torch.neg(sig, out=ws(4, p.numel())).add_(1.0))  # σ'(S − b) = σ·(1 − σ)
         g.mul_(deriv).mul_(cfg.lr / n_batches)                          # lr · g · σ'
         if cfg.l1:
             g.add_(deriv, alpha=cfg.l1)                                 # σ' · (lr·g + l1)
@@ -248,9 +264,9 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     batches = [clf.encode(train[order[i:i + cfg.batch_size]]) for i in range(0, len(train), cfg.batch_size)]
     if cfg.base == "gradient":
         with only_graftable_trainable(model):
-            base_mask = gradient_base(clf, params, delta, batches, cfg.sparsity)
+            base_mask = gradient_base(clf, params, delta, batches, cfg.base_sparsity)
     else:
-        base_mask = top_movement(delta, cfg.sparsity)
+        base_mask = top_movement(delta, cfg.base_sparsity)
     base, base_meta = _Sparse.from_mask(base_mask), base_mask.meta
     del base_mask
     z = {n: s.sub_(cfg.sigmoid_bias) for n, s in init_scores(delta, cfg.seed).items()}  # z = S − b
@@ -258,14 +274,21 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     rows: list[dict] = []
     best: tuple[float, int, _Sparse] | None = None
 
+    scored: list[tuple[_Sparse, float, float]] = []  # the last mask scored, with its accuracies
+
     def score(epoch: int, graft: _Sparse, stats: dict) -> None:
         nonlocal best
-        start, mask = time.perf_counter(), graft.mask()
-        with grafted(model, delta, mask):
-            tr = clf.accuracy(train, batch_size=cfg.eval_batch_size)
-            dv = clf.accuracy(dev, batch_size=cfg.eval_batch_size)
+        start = time.perf_counter()
+        if scored and scored[-1][0].equal(graft):  # the rounded mask did not change: its scores are known
+            tr, dv = scored[-1][1:]
+        else:
+            with grafted(model, delta, graft.mask()):
+                tr = clf.accuracy(train, batch_size=cfg.eval_batch_size)
+                dv = clf.accuracy(dev, batch_size=cfg.eval_batch_size)
+            scored[:] = [(graft, tr, dv)]
         added = graft.added(base)
-        rows.append({"epoch": epoch, "count": graft.count, "sparsity": graft.count / mask.total, "added": added,
+        total = sum(math.prod(shape) for shape in graft.shapes.values())
+        rows.append({"epoch": epoch, "count": graft.count, "sparsity": graft.count / total, "added": added,
                      "removed": base.count - (graft.count - added), "train_acc": tr, "dev_acc": dv, **stats,
                      "seconds_eval": time.perf_counter() - start})
         log.info("localize epoch %d: %s", epoch, {k: round(v, 6) for k, v in rows[-1].items()})

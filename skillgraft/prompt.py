@@ -20,11 +20,12 @@ from tqdm.auto import tqdm
 
 from .models import LM, arch_spec
 
-__all__ = ["Prompt", "PromptClassifier", "template_fields"]
+__all__ = ["PRECISIONS", "Prompt", "PromptClassifier", "template_fields"]
 
 log = logging.getLogger(__name__)
 
 MASK = "mask"  # the template slot replaced by the tokenizer's mask token (masked LMs)
+PRECISIONS = ("fp32", "bf16")  # compute of forward and backward; weights, deltas and probabilities stay fp32
 
 
 def template_fields(template: str) -> tuple[str, ...]:
@@ -97,7 +98,9 @@ def _clean(text) -> str:
 class PromptClassifier:
     """A C-way classifier from an LM, a template and label words (no new parameters)."""
 
-    def __init__(self, lm: LM, prompt: Prompt, max_length: int = 128):
+    def __init__(self, lm: LM, prompt: Prompt, max_length: int = 128, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
         if lm.kind not in ("causal", "masked"):
             raise ValueError(f"unknown LM kind {lm.kind!r}; accepted: 'causal', 'masked'")
         if lm.kind == "masked" and not prompt.has_mask:
@@ -108,7 +111,7 @@ class PromptClassifier:
                              "must not contain {mask}")
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
-        self.lm, self.prompt, self.max_length = lm, prompt, max_length
+        self.lm, self.prompt, self.max_length, self.precision = lm, prompt, max_length, precision
         self.tokenizer = lm.tokenizer
         self.kind = lm.kind
         self.spec = arch_spec(lm.model)
@@ -187,15 +190,20 @@ class PromptClassifier:
 
     # ------------------------------------------------------------------ scoring
     def class_logits(self, batch: dict[str, Tensor]) -> Tensor:
-        """Label-word logits at the read position, (B, C); differentiable."""
+        """Label-word logits at the read position, (B, C), fp32; differentiable.
+
+        With ``precision="bf16"`` the forward (and so the backward) runs under autocast:
+        matrix products in bfloat16, the fp32 weights untouched, the logits cast back to fp32."""
         model = self.lm.model
         extra = {"use_cache": False} if self.kind == "causal" else {}
-        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  **extra).last_hidden_state                    # (B, T, H)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        h = hidden[rows, batch["read_pos"]]                                      # (B, H)
-        logits = getattr(model, self.spec.head)(h)                               # (B, V)
-        return logits[:, self.label_ids.to(logits.device)]                      # (B, C)
+        device_type = self.lm.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      **extra).last_hidden_state                # (B, T, H)
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            h = hidden[rows, batch["read_pos"]]                                  # (B, H)
+            logits = getattr(model, self.spec.head)(h)                           # (B, V)
+        return logits[:, self.label_ids.to(logits.device)].float()              # (B, C)
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Mean cross-entropy over the label words (softmax over the C label words only)."""

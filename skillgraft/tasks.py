@@ -83,8 +83,9 @@ class Task:
             raise ValueError(f"task {self.name!r} has no {kind!r} prompt; it has {sorted(self.prompts)}")
         return self.prompts[kind]
 
-    def classifier(self, lm, max_length: int = 128) -> PromptClassifier:  # with the prompt for lm's kind
-        return PromptClassifier(lm, self.prompt(lm.kind), max_length=max_length)
+    def classifier(self, lm, max_length: int = 128, precision: str = "fp32") -> PromptClassifier:
+        """A classifier with this task's prompt for ``lm``'s kind (causal or masked)."""
+        return PromptClassifier(lm, self.prompt(lm.kind), max_length=max_length, precision=precision)
 
 
 @dataclass

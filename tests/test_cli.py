@@ -62,3 +62,20 @@ def test_cli_exits_non_zero_and_writes_nothing(notebook_dir, monkeypatch, capsys
     assert code == 2
     assert "unknown parameter 'stepz'" in capsys.readouterr().err
     assert not (notebook_dir / "runs").exists()
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([["sparsities", "[0]"]], "a sparsity is a fraction in (0, 1]"),
+    ([["sparsities", "[1.5]"], ["claim_sparsity", "1.5"]], "a sparsity is a fraction in (0, 1]"),
+    ([["k", "-3"]], "'k' must be an integer ≥ 1"),
+    ([["test_size", "-5"]], "'test_size' must be an integer ≥ 1"),
+    ([["seeds", '["x"]']], "'seeds' must be a non-empty list of integers"),
+    ([["claim_sparsity", "1e-3"]], "'claim_sparsity' (0.001) must be one of 'sparsities'"),
+    ([["precision", "fp16"]], "unknown precision 'fp16'; accepted: fp32, bf16"),
+    ([["graft_start", "sideways"]], "start must be one of ('refine', 'grow')"),
+    ([["device", "gpu"]], "unknown device 'gpu'; accepted: 'cpu'"),
+])
+def test_bad_values_are_refused_before_any_compute(pairs, message, capsys):
+    argv = ["run", "01_single_task_grafting", "--dry-run"] + [a for p in pairs for a in ["-p", *p]]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -36,7 +36,7 @@ def same_bits(model, before):
                for n, p in model.named_parameters())
 
 
-FAST = dict(lr=0.1, steps=6, batch_size=4, eval_every=3)
+FAST = dict(lr=0.1, steps=6, batch_size=4, eval_every=3, fit_loss=None)  # tiny models rarely fit: no gate
 
 
 def test_config_validation():
@@ -64,7 +64,8 @@ def test_only_graftable_parameters_change_and_model_is_restored(tokenizer):
     assert all(p.grad is None for p in model.parameters())
     assert list(res.delta) == list(graft.graftable_parameters(model))  # no embedding, no head
     assert all(float(d.abs().max()) > 0 for n, d in res.delta.items() if "layernorm" not in n)
-    assert list(res.history.columns) == ["step", "task", "train_loss", "seconds", "dev_acc"] and len(res.history) == 6
+    assert list(res.history.columns) == ["step", "task", "train_loss", "seconds", "dev_acc", "fit_loss", "fit_acc"]
+    assert len(res.history) == 6
     assert res.history["dev_acc"].notna().tolist() == [False, False, True, False, False, True]
 
 
@@ -98,8 +99,8 @@ def test_loss_decreases_on_a_learnable_toy(tokenizer):
     def loss():
         with torch.no_grad():
             return float(clf.loss(batch))
-    res = finetune(clf, train, train, FinetuneConfig(optimizer="adamw", lr=1e-2, steps=20, eval_every=10),
-                   progress=False)
+    res = finetune(clf, train, train, FinetuneConfig(optimizer="adamw", lr=1e-2, steps=20, eval_every=10,
+                                                     fit_loss=None), progress=False)
     with graft.apply_delta(model, res.delta):
         tuned = loss()
         acc = clf.accuracy(train)
@@ -111,7 +112,7 @@ def test_keep_best_keeps_the_best_dev_checkpoint(tokenizer):
     model = make_llama()
     clf = classifier(model, tokenizer)
     train, dev = data(SENTIMENT[::2]), data(SENTIMENT[1::2])
-    cfg = dict(optimizer="adamw", lr=3e-2, steps=12, batch_size=2, eval_every=2)  # dev accuracy goes up and down
+    cfg = dict(optimizer="adamw", lr=3e-2, steps=12, batch_size=2, eval_every=2, fit_loss=None)  # dev acc goes up and down
     best = finetune(clf, train, dev, FinetuneConfig(keep_best=True, **cfg), progress=False)
     last = finetune(clf, train, dev, FinetuneConfig(keep_best=False, **cfg), progress=False)
     h = best.history.dropna(subset=["dev_acc"])
@@ -188,3 +189,33 @@ def test_roberta_and_adamw_and_clipping(tokenizer):
     assert all(torch.equal(a.delta[n], b.delta[n]) for n in a.delta)  # dropout is seeded too
     assert any(not torch.equal(a.delta[n], c.delta[n]) for n in a.delta)  # and it is on in train mode
     assert "roberta.embeddings.word_embeddings.weight" not in a.delta and len(a.delta) == 32
+
+
+def test_only_checkpoints_that_fit_the_train_set_are_kept(tokenizer):
+    """The paper's regime: a check competes only when the whole train set is fit; the kept
+    checkpoint's train loss, accuracy and passes are recorded, and match a recomputation."""
+    model = make_llama()
+    clf = classifier(model, tokenizer)
+    train = data(SENTIMENT)
+    cfg = dict(optimizer="adamw", lr=3e-2, steps=40, batch_size=4, eval_every=5)  # fits from step 35 on
+    free = finetune(clf, train, train, FinetuneConfig(fit_loss=None, **cfg), progress=False)
+    gated = finetune(clf, train, train, FinetuneConfig(fit_loss=0.55, **cfg), progress=False)
+    checks = gated.history.dropna(subset=["dev_acc"]).set_index("step")
+    fits = checks[(checks.fit_acc == 1.0) & (checks.fit_loss <= 0.55)]
+    assert len(fits) and len(fits) < len(checks)  # early checks do not fit, so the gate matters
+    assert gated.fit and gated.best_step == int(fits.dev_acc.idxmax()) and gated.best_step >= free.best_step
+    assert gated.train_loss <= 0.55 and gated.train_acc == 1.0
+    assert gated.passes == pytest.approx(gated.best_step * 4 / len(train))
+    assert gated.regime()["total_passes"] == pytest.approx(40 * 4 / len(train))
+    with graft.apply_delta(model, gated.delta):
+        probs = clf.predict_proba(train)
+    labels = np.asarray(train["label"])
+    assert -np.log(probs[np.arange(len(labels)), labels]).mean() == pytest.approx(gated.train_loss, rel=1e-4)
+
+
+def test_no_fitting_checkpoint_keeps_the_last_and_says_so(tokenizer):
+    model = make_llama()
+    clf = classifier(model, tokenizer)
+    res = finetune(clf, data(SENTIMENT), data(SENTIMENT), FinetuneConfig(**{**FAST, "lr": 1e-4, "fit_loss": 1e-6}),
+                   progress=False)
+    assert not res.fit and res.best_step == 6 and res.train_loss > 1e-6

@@ -336,6 +336,31 @@ def test_update_rule_matches_hand_computed_step():
     assert list(res.history["epoch"]) == [0, 1] and res.best_epoch == 1
 
 
+def test_step_on_the_patch_matches_a_float64_reference():
+    """σ'(S − b) as σ·(1 − σ): on the base patch frac = 1 − σ ≈ 1, where frac − frac² would lose
+    about three digits of the step; against a float64 reference the step keeps ~5."""
+    clf, delta, train, dev = toy_problem()
+    delta = {**delta, "model.layers.1.u": 1e-3 * torch.ones(64)}  # the patch now sits on w, where gradients live
+    model = clf.lm.model
+    cfg = GraftConfig(sparsity=4 / 72, lr=1e7, epochs=1, batch_size=64, seed=7, keep_scores=True, select="last")
+    before = full_state(model)
+    res = localize(clf, delta, train, dev, cfg, progress=False)
+    s0 = init_scores(delta, 7)
+    gamma = graft.top_movement(delta, cfg.sparsity).masks
+    name = "model.layers.0.w"
+    on = gamma[name]
+    assert int(on.sum()) == 4
+    w = (before[name].double() + relaxed_frac(s0[name].double(), on, 10.0) * delta[name].double()).requires_grad_()
+    b = clf.encode(train[:])
+    z = b["x"].double() @ w
+    (g,) = torch.autograd.grad(F.cross_entropy(torch.stack([-z, z], 1), b["labels"]), [w])
+    sig = torch.sigmoid(s0[name].double() - 10.0)
+    want = (1 - 2 * on.double()) * 1e7 * g * delta[name].double() * sig * (1 - sig)
+    got = (s0[name] - res.scores[name]).double()
+    assert want[on].abs().min() > 1e-2  # steps large next to the fp32 rounding of S − b (ulp(10) ≈ 1e-6)
+    torch.testing.assert_close(got[on], want[on], rtol=1e-4, atol=4e-6)
+
+
 def test_localize_beats_top_movement_on_synthetic_problem():
     clf, delta, train, dev = toy_problem()
     model = clf.lm.model

@@ -26,12 +26,19 @@ def test_single_task_frame_and_cache(setting, monkeypatch):
     first = ex.single_task(["mr"], [13], sparsities, setting)
     res = first.results
     assert sorted(res.variant.unique()) == ["fine-tuned", "graft", "random", "top-movement", "zero-shot"]
-    assert len(res) == 2 + 3 * len(sparsities)
+    assert len(res) == 2 + 3 * (len(sparsities) + 1)  # refined at each sparsity, grown once
     n = setting.lab().store.root
     assert n.is_dir()
-    for s in sparsities:  # the baselines have exactly round(s·N) entries
-        sizes = res[np.isclose(res.sparsity, s)].set_index("variant").mask_size
-        assert sizes["random"] == sizes["top-movement"] == round(s * _graftable(setting))
+    for (start, target), grp in res[res.variant.isin(ex.MASK_VARIANTS)].fillna({"target": 0}).groupby(
+            ["start", "target"]):  # the baselines have the graft's final size
+        sizes = grp.set_index("variant").mask_size
+        assert sizes["random"] == sizes["top-movement"] == sizes["graft"]
+        assert np.allclose(grp.sparsity, sizes["graft"] / _graftable(setting))
+    grafts = first.grafts.set_index(["start", "target"])
+    assert len(grafts) == 3 and (grafts.base_size.loc["grow"] <= 1).all()
+    assert (grafts["size"] == grafts.base_size + grafts.added - grafts.removed).all()
+    assert first.regime.set_index("task").loc["mr", "total_passes"] == pytest.approx(4 * 4 / 8)
+    assert set(first.probs) >= {("mr", 13, "refine", 0.05, "graft"), ("mr", 13, None, np.nan, "zero-shot")}
     assert res.accuracy.between(0, 1).all() and res.ece.between(0, 1).all()
     assert set(first.locations.module) <= {"attention", "mlp", "norm", "other"}
 
@@ -126,7 +133,7 @@ def test_continual_shares_its_first_stage(setting):
     single = lab.delta_spec("mr", setting.k, 13, setting.finetune)
     assert lab.delta_spec(["mr", "cr"], setting.k, 13, setting.finetune, mode="sequential", stage=0) == single
     first = {n: t.clone() for n, t in lab.delta(single).items()}
-    res = ex.continual(["mr", "cr"], 13, 0.05, setting)
+    res = ex.continual(["mr", "cr"], 13, 0.05, setting, with_multitask=True)
     assert set(res.matrices) == {"sequential", "graft (task known)", "stitched", "multitask"}
     assert res.matrices["multitask"].shape == (1, 2) and res.summary.method.tolist()[-1] == "multitask"
     r = res.matrices

@@ -1,0 +1,122 @@
+"""Verdict rules and bootstrap intervals on hand-made numbers (no model needed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skillgraft import verdicts as vd
+from skillgraft.verdicts import Interval
+
+
+def _probs(correct: np.ndarray, confidence: float = 0.9) -> np.ndarray:
+    """Binary predictions for label 1: class 1 with ``confidence`` where correct, else class 0."""
+    p1 = np.where(correct, confidence, 1 - confidence)
+    return np.stack([1 - p1, p1], axis=1)
+
+
+def test_interval_sign_is_no_difference_when_it_contains_zero():
+    assert Interval(0.02, 0.01, 0.03).sign == 1
+    assert Interval(-0.02, -0.03, -0.01).sign == -1
+    assert Interval(0.02, -0.01, 0.05).sign == 0
+    assert Interval(0.1, 0.05, 0.15).fmt("+.1f", 100, " pt") == "+10.0 pt [+5.0, +15.0]"
+
+
+def test_bootstrap_brackets_the_estimate_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    labels = np.ones(400, dtype=int)
+    groups = [(_probs(rng.random(400) < 0.8), _probs(rng.random(400) < 0.6), labels) for _ in range(3)]
+    gap = vd.accuracy_gap(groups, n_boot=300)
+    assert gap.low < gap.estimate < gap.high and gap.sign == 1
+    assert gap.estimate == pytest.approx(np.mean([np.mean(g[0].argmax(1) == 1) - np.mean(g[1].argmax(1) == 1)
+                                                  for g in groups]))
+    assert vd.accuracy_gap(groups, n_boot=300) == gap                      # seeded: the same interval again
+    same = [(g[0], g[0], g[2]) for g in groups]
+    assert vd.accuracy_gap(same, n_boot=100) == Interval(0.0, 0.0, 0.0)   # a model against itself
+
+
+def test_bootstrap_pairs_the_examples_of_two_models():
+    """A model that is right on exactly the examples where the other is right, plus 5%, has a
+    tight interval only if one index draw serves both: pairing is what makes it tight."""
+    rng = np.random.default_rng(2)
+    base = rng.random(1000) < 0.5
+    better = base | (rng.random(1000) < 0.1)
+    gap = vd.accuracy_gap([(_probs(better), _probs(base), np.ones(1000, dtype=int))], n_boot=300)
+    assert gap.sign == 1 and gap.high - gap.low < 0.04
+
+
+def test_bootstrap_refuses_bad_input():
+    with pytest.raises(ValueError, match="at least one group"):
+        vd.bootstrap(lambda g: 0.0, [])
+    with pytest.raises(ValueError, match="same length"):
+        vd.bootstrap(lambda g: 0.0, [(np.zeros(3), np.zeros(4))])
+
+
+def test_ece_gap_is_positive_when_the_first_model_is_better_calibrated():
+    rng = np.random.default_rng(3)
+    correct = rng.random(600) < 0.75
+    calibrated, overconfident = _probs(correct, 0.75), _probs(correct, 0.99)
+    labels = np.ones(600, dtype=int)
+    gap = vd.ece_gap([(calibrated, overconfident, labels)], n_boot=200)
+    red = vd.ece_reduction([(calibrated, overconfident, labels)], n_bins=10, n_boot=200)
+    assert gap.sign == 1 and red.estimate > 0.5
+
+
+def _c1(gain=(0.1, 0.05, 0.15), recovery=(0.99, 0.96, 1.02), normalized=(0.9, 0.6, 1.1), vs_random=(0.1, 0.05, 0.15)):
+    return {"gain": Interval(*gain), "recovery": Interval(*recovery), "normalized": Interval(*normalized),
+            "vs_random": Interval(*vs_random)}
+
+
+def test_c1_rules():
+    assert vd.c1_recovery({"a": _c1(), "b": _c1()}).verdict == "reproduced"
+    # the point estimate clears 95% but the interval reaches below: only partly
+    assert vd.c1_recovery({"a": _c1(recovery=(0.97, 0.93, 1.0))}).verdict == "partly reproduced"
+    # holds firmly on one tested task, fails on the other
+    mixed = {"a": _c1(), "b": _c1(recovery=(0.9, 0.85, 0.95))}
+    assert vd.c1_recovery(mixed).verdict == "partly reproduced"
+    assert vd.c1_recovery({"a": _c1(recovery=(0.9, 0.85, 0.95))}).verdict == "not reproduced"
+    # no better than a random mask of the same size: not reproduced, however high the recovery
+    assert vd.c1_recovery({"a": _c1(vs_random=(0.0, -0.02, 0.02))}).verdict == "not reproduced"
+    # a task where fine-tuning did not gain does not count; with no gain anywhere: not tested
+    untested = vd.c1_recovery({"a": _c1(gain=(0.01, -0.02, 0.04))})
+    assert untested.verdict == "not tested" and "cannot be tested" in untested.report()
+    assert vd.c1_recovery({}).verdict == "not tested"                     # an empty selection
+    assert vd.c1_recovery({"a": _c1(), "b": _c1(gain=(0.0, -0.1, 0.1), recovery=(0.5, 0.4, 0.6))}).verdict \
+        == "reproduced"                                                   # the untested task is left out
+
+
+def test_c2_rules():
+    assert vd.c2_calibration(Interval(0.6, 0.4, 0.8), Interval(0.05, 0.03, 0.07)).verdict == "reproduced"
+    assert vd.c2_calibration(Interval(0.2, 0.1, 0.3), Interval(0.02, 0.01, 0.03)).verdict == "partly reproduced"
+    no_diff = vd.c2_calibration(Interval(0.5, -0.2, 0.9), Interval(0.03, -0.01, 0.07))
+    assert no_diff.verdict == "not reproduced" and "no difference" in no_diff.report()
+    assert vd.c2_calibration(Interval(-0.5, -0.8, -0.2), Interval(-0.03, -0.05, -0.01)).verdict == "not reproduced"
+    assert vd.c2_calibration(None, None).verdict == "not tested"
+
+
+def test_c3_rules():
+    up, zero, down = Interval(0.03, 0.01, 0.05), Interval(0.0, -0.02, 0.02), Interval(-0.03, -0.05, -0.01)
+    assert vd.c3_ood(up, {"x": up, "y": zero}).verdict == "reproduced"
+    assert vd.c3_ood(zero, {"x": up, "y": down}).verdict == "partly reproduced"
+    assert vd.c3_ood(zero, {"x": zero, "y": down}).verdict == "not reproduced"
+    assert vd.c3_ood(None, {}).verdict == "not tested"
+
+
+def test_c4_rules():
+    assert vd.c4_disjoint(0.05, 1e-4, 0.5, 3).verdict == "reproduced"
+    assert vd.c4_disjoint(0.05, 1e-4, -0.5, 3).verdict == "partly reproduced"
+    assert vd.c4_disjoint(0.40, 1e-4, 0.9, 3).verdict == "not reproduced"
+    assert vd.c4_disjoint(vd.DISJOINT, 1e-4, 0.9, 3).verdict == "not reproduced"   # the threshold is strict
+    assert vd.c4_disjoint(None, 0.0, np.nan, 0).verdict == "not tested"
+
+
+def test_c5_rules():
+    up, zero, down = Interval(0.03, 0.01, 0.05), Interval(0.0, -0.02, 0.02), Interval(-0.03, -0.05, -0.01)
+    assert vd.c5_continual(up, zero).verdict == "reproduced"
+    assert vd.c5_continual(up, down).verdict == "partly reproduced"
+    assert vd.c5_continual(zero, up).verdict == "not reproduced"
+    assert vd.c5_continual(None, None).verdict == "not tested"
+
+
+def test_verdict_names_are_checked():
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        vd.Verdict("C1", "sort of")
