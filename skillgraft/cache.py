@@ -1,7 +1,9 @@
 """Content-addressed store for expensive artifacts (deltas, masks, metrics).
 
 An artifact's key is the sha256 of the canonical JSON of everything that produced it
-(model, task, data seed, configs, package version). An entry is a folder holding
+(model, task, data seed, configs, package version) *and of the source of the code that
+computes it* (:data:`CODE_MODULES`): a change to fine-tuning, localization or prediction
+code misses the cache, while a change to plots, metrics or prose does not. An entry is a folder holding
 ``tensors.safetensors`` (optional) and ``meta.json``; ``meta.json`` records the spec and
 the sha256 of the tensor file. Entries are written to a temporary folder and renamed
 into place, so a reader never sees half an entry; an entry whose checksum does not
@@ -17,6 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +33,20 @@ log = logging.getLogger(__name__)
 
 TENSORS = "tensors.safetensors"
 META = "meta.json"
+TMP_PREFIX = ".tmp-"
+# the modules whose code computes a stored artifact (data, models, prompts, grafting, fine-tuning,
+# localization, and the lab that ties them); experiments, metrics, verdicts and plots only read artifacts
+CODE_MODULES = ("assets", "tasks", "models", "prompt", "graft", "finetune", "localization", "lab")
+
+
+@lru_cache(maxsize=None)
+def code_hash(package_dir: str | None = None) -> str:
+    """sha256 of the source of :data:`CODE_MODULES` in ``package_dir`` (default: this package)."""
+    root = Path(package_dir) if package_dir else Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in CODE_MODULES:
+        digest.update(name.encode() + b"\0" + (root / f"{name}.py").read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -49,8 +66,9 @@ def _jsonable(obj: Any) -> Any:
 
 
 def spec_key(spec: dict) -> str:
-    """sha256 of the canonical JSON of ``spec`` plus the package version."""
-    canon = json.dumps({"spec": _jsonable(spec), "skillgraft": __version__}, sort_keys=True, separators=(",", ":"))
+    """sha256 of the canonical JSON of ``spec``, the package version and :func:`code_hash`."""
+    canon = json.dumps({"spec": _jsonable(spec), "skillgraft": __version__, "code": code_hash()},
+                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -108,13 +126,14 @@ class Store:
 
         final = self.path(kind, spec)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+        self.sweep(final.parent)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         try:
             digest = None
             if tensors:
                 save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / TENSORS)
                 digest = assets.sha256_file(tmp / TENSORS)
-            record = {"spec": _jsonable(spec), "skillgraft": __version__, "tensors_sha256": digest,
+            record = {"spec": _jsonable(spec), "skillgraft": __version__, "code": code_hash(), "tensors_sha256": digest,
                       "data": _jsonable(meta or {})}
             (tmp / META).write_text(json.dumps(record, sort_keys=True, indent=2))
             if final.exists():  # a concurrent writer won; ours is identical by construction
@@ -134,11 +153,60 @@ class Store:
         tensors, meta = compute()
         return self.save(kind, spec, tensors, meta)
 
+    def sweep(self, folder: Path | None = None) -> int:
+        """Remove the temporary folders of writes that were killed (their process is gone);
+        returns how many. Folders of live writers, in this process or another, are left."""
+        removed = 0
+        folders = [folder] if folder else [p for p in self.root.iterdir() if p.is_dir()] if self.root.exists() else []
+        for parent in folders:
+            for tmp in parent.glob(f"{TMP_PREFIX}*"):
+                pid = tmp.name[len(TMP_PREFIX):].split("-", 1)[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    removed += 1
+        return removed
+
+    def entries(self) -> list[dict]:
+        """Every stored entry: kind, key, size in bytes, and whether it is stale (made by other
+        code or another version, so no key of this code can reach it)."""
+        out = []
+        for folder in sorted(self.root.glob("*/*")) if self.root.exists() else []:
+            if not folder.is_dir() or folder.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                record = json.loads((folder / META).read_text())
+            except (OSError, ValueError):
+                record = {}
+            size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+            stale = record.get("code") != code_hash() or record.get("skillgraft") != __version__
+            out.append({"kind": folder.parent.name, "key": folder.name, "bytes": size, "stale": stale})
+        return out
+
+    def prune(self) -> int:
+        """Remove stale entries and killed writes; returns the bytes freed."""
+        freed = 0
+        for e in self.entries():
+            if e["stale"]:
+                shutil.rmtree(self.root / e["kind"] / e["key"], ignore_errors=True)
+                freed += e["bytes"]
+        self.sweep()
+        return freed
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.exists() else 0
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_store() -> Store:

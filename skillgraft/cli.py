@@ -231,8 +231,17 @@ def cmd_cache(args) -> None:
     if args.clear:
         store.clear()
         print(f"cleared {store.root}")
-    else:
-        print(f"{store.root}: {store.size_bytes() / 1e6:.1f} MB")
+        return
+    if args.prune:
+        print(f"removed stale entries and killed writes: {store.prune() / 1e6:.1f} MB freed")
+    entries = store.entries()
+    print(f"{store.root}: {store.size_bytes() / 1e6:.1f} MB in {len(entries)} entries")
+    for kind in sorted({e["kind"] for e in entries}):
+        mine = [e for e in entries if e["kind"] == kind]
+        stale = [e for e in mine if e["stale"]]
+        print(f"  {kind:10s} {len(mine):5d} entries {sum(e['bytes'] for e in mine) / 1e6:10.1f} MB"
+              + (f"   stale: {len(stale)} ({sum(e['bytes'] for e in stale) / 1e6:.1f} MB; --prune removes them)"
+                 if stale else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-execute", action="store_true", help="build from the committed outputs")
     book.set_defaults(func=cmd_book)
     cache = sub.add_parser("cache", help="show the artifact cache size, or clear it")
-    cache.add_argument("--clear", action="store_true")
+    cache.add_argument("--clear", action="store_true", help="remove every entry")
+    cache.add_argument("--prune", action="store_true", help="remove stale entries (made by other code) and killed writes")
     cache.set_defaults(func=cmd_cache)
     return parser
 

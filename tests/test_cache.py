@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import time
 from dataclasses import dataclass
 
@@ -82,3 +83,68 @@ def test_meta_is_sorted_json_with_spec(tmp_path):
 def test_bad_kind_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="invalid artifact kind"):
         Store(tmp_path).path("../x", {})
+
+
+def test_key_covers_the_code_that_computes_an_artifact(tmp_path):
+    """A copy of the package with the localization code changed gets other keys (the cached
+    graft is recomputed); a change to the plotting code keeps them (the graft is reused)."""
+    import shutil
+
+    import skillgraft
+    from skillgraft import cache
+
+    src = Path(skillgraft.__file__).parent
+    copy = tmp_path / "skillgraft"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = cache.code_hash(str(copy))
+    assert before == cache.code_hash(str(src))
+    (copy / "plots.py").write_text((copy / "plots.py").read_text() + "\n# a new colour\n")
+    cache.code_hash.cache_clear()
+    assert cache.code_hash(str(copy)) == before
+    (copy / "localization.py").write_text((copy / "localization.py").read_text().replace("lr · g", "lr·g", 1))
+    cache.code_hash.cache_clear()
+    assert cache.code_hash(str(copy)) != before
+
+
+def test_an_entry_of_other_code_is_not_found(tmp_path, monkeypatch):
+    from skillgraft import cache
+
+    store = Store(tmp_path)
+    spec = {"task": "mr", "seed": 13}
+    store.save("mask", spec, {"w": torch.arange(3)}, {"count": 3})
+    assert store.load("mask", spec) is not None
+    monkeypatch.setattr(cache, "code_hash", lambda package_dir=None: "another version of localize")
+    assert store.load("mask", spec) is None and store.load_meta("mask", spec) is None
+
+
+def test_killed_writes_are_swept_and_never_trusted(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    store = Store(tmp_path)
+    spec = {"task": "mr", "seed": 13}
+    # a writer killed mid-way: its temporary folder stays, with half a tensor file in it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "delta" / f".tmp-{int(dead.stdout)}-abc"
+    stale.mkdir(parents=True)
+    (stale / "tensors.safetensors").write_bytes(b"\0" * 1000)
+    live = tmp_path / "delta" / f".tmp-{os.getpid()}-xyz"   # a write in progress in a live process
+    live.mkdir()
+    assert store.load("delta", spec) is None                 # nothing half-written is ever read
+    store.save("delta", {"task": "cr"}, {"w": torch.ones(2)}, {})
+    assert not stale.exists() and live.exists()              # swept on the next write; the live one is kept
+    assert store.sweep() == 0
+    live.rmdir()
+
+
+def test_stale_entries_are_listed_and_pruned(tmp_path, monkeypatch):
+    from skillgraft import cache
+
+    store = Store(tmp_path)
+    store.save("mask", {"task": "mr"}, {"w": torch.arange(3)}, {})
+    monkeypatch.setattr(cache, "code_hash", lambda package_dir=None: "new code")
+    store.save("mask", {"task": "cr"}, {"w": torch.arange(3)}, {})
+    assert sorted(e["stale"] for e in store.entries()) == [False, True]
+    assert store.prune() > 0
+    assert [e["stale"] for e in store.entries()] == [False] and store.load("mask", {"task": "cr"}) is not None

@@ -66,3 +66,12 @@ def test_dry_run_rejects_bad_fine_tuning_and_graft_values(name, value, message, 
     assert cli.main(["run", "04_multitask", "-p", name, value, "--dry-run"]) == 2
     assert re.search(message, capsys.readouterr().err)
 
+
+
+def test_papermill_reads_every_parameter_of_every_notebook():
+    """papermill parses the parameters cell itself (for -p and its help): a comment it cannot
+    read turns a parameter into an 'unknown parameter'."""
+    import papermill
+
+    for nb in cli.list_notebooks(ROOT):
+        assert sorted(papermill.inspect_notebook(str(nb))) == sorted(cli.notebook_parameters(nb)), nb.name
