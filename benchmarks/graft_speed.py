@@ -68,7 +68,8 @@ def memory_child(args) -> None:
         localize(clf, delta, splits.train, splits.dev, cfg, progress=False)
     else:
         n_batches = -(-len(splits.train) // args.batch_size)
-        cfg = FinetuneConfig(steps=args.memory_epochs * n_batches, batch_size=args.batch_size, eval_every=n_batches)
+        cfg = FinetuneConfig(steps=args.memory_epochs * n_batches, batch_size=args.batch_size, eval_every=n_batches,
+                             fit_loss=None)
         finetune(clf, splits.train, splits.dev, cfg, progress=False)
     print(json.dumps({"runtime_kb": runtime, "before_kb": before, "peak_kb": status_kb("VmHWM"),
                       "model_bytes": model_bytes, "graft_bytes": graft_bytes}))
@@ -113,7 +114,7 @@ def main() -> None:
 
     lm, clf, splits = setup(args)
     n_batches = -(-len(splits.train) // args.batch_size)
-    ft_cfg = FinetuneConfig(steps=n_batches, batch_size=args.batch_size, eval_every=n_batches)
+    ft_cfg = FinetuneConfig(steps=n_batches, batch_size=args.batch_size, eval_every=n_batches, fit_loss=None)
     gr_cfg = GraftConfig(sparsity=args.sparsity, lr=args.graft_lr, epochs=1, batch_size=args.batch_size,
                          include_base=False)
     delta = finetune(clf, splits.train, splits.dev, ft_cfg, progress=False).delta  # δ for the timing runs

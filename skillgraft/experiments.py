@@ -36,7 +36,7 @@ class Setting:
     k: int = 16                  # training examples per class (and dev examples per class)
     test_size: int = 200         # fixed test examples per task (independent of the data seed)
     max_length: int = 64         # tokens per prompt; the text is cut, never the template
-    precision: str = "fp32"      # "fp32" | "bf16": autocast of forward and backward (weights and δ stay fp32)
+    precision: str = "fp32"      # "fp32" | "bf16": autocast in fine-tuning and localization; predictions in fp32
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     graft: GraftConfig = field(default_factory=lambda: GraftConfig(sparsity=1e-4))
 

@@ -189,7 +189,7 @@ class PromptClassifier:
         return {k: v.to(self.lm.device) for k, v in batch.items()}
 
     # ------------------------------------------------------------------ scoring
-    def class_logits(self, batch: dict[str, Tensor]) -> Tensor:
+    def class_logits(self, batch: dict[str, Tensor], precision: str | None = None) -> Tensor:
         """Label-word logits at the read position, (B, C), fp32; differentiable.
 
         With ``precision="bf16"`` the forward (and so the backward) runs under autocast:
@@ -197,7 +197,8 @@ class PromptClassifier:
         model = self.lm.model
         extra = {"use_cache": False} if self.kind == "causal" else {}
         device_type = self.lm.device.type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        bf16 = (precision or self.precision) == "bf16"
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                       **extra).last_hidden_state                # (B, T, H)
             rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -217,10 +218,14 @@ class PromptClassifier:
         cols = [list(dataset[f]) for f in self.prompt.text_fields]
         return sorted(range(len(dataset)), key=lambda i: sum(len(str(c[i])) for c in cols))
 
-    def predict_proba(self, dataset, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Class probabilities (N, C) over a ``datasets.Dataset``, in eval mode, batched by length."""
+    def predict_proba(self, dataset, batch_size: int = 32, progress: bool = False,
+                      precision: str | None = None) -> np.ndarray:
+        """Class probabilities (N, C) over a ``datasets.Dataset``, in eval mode, batched by length;
+        ``precision`` overrides the classifier's own for this call (e.g. fp32 test predictions)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
         fields = self.prompt.text_fields
         missing = [f for f in fields if f not in dataset.column_names]
         if missing:
@@ -238,7 +243,7 @@ class PromptClassifier:
                 for s in tqdm(starts, desc="predict", disable=not progress, leave=False):
                     idx = order[s:s + batch_size]
                     batch = self.encode({f: [cols[f][i] for i in idx] for f in fields})
-                    probs = torch.softmax(self.class_logits(batch).float(), dim=-1)
+                    probs = torch.softmax(self.class_logits(batch, precision).float(), dim=-1)
                     out[idx] = probs.cpu().numpy()
         finally:
             model.train(was_training)

@@ -132,3 +132,19 @@ def test_errors(tiny_llama, tiny_roberta, tokenizer):
         Prompt("{premise} ? {mask}", ("no", "yes")).check_fields(("premise", "hypothesis"))
     with pytest.raises(ValueError, match="lacks text field"):
         PromptClassifier(llama, CAUSAL).encode({"sentence": ["fun"]})
+
+
+def test_bf16_autocast_is_close_to_fp32_and_can_be_overridden(tiny_llama, tokenizer):
+    lm = LM(tiny_llama, tokenizer, "tiny-llama", "causal")
+    fp32, bf16 = PromptClassifier(lm, CAUSAL), PromptClassifier(lm, CAUSAL, precision="bf16")
+    batch = fp32.encode({"text": TEXTS})
+    a, b = fp32.class_logits(batch), bf16.class_logits(batch)
+    assert b.dtype == torch.float32 and not torch.equal(a, b)      # computed in bf16, returned in fp32
+    torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
+    data = datasets.Dataset.from_dict({"text": TEXTS})
+    assert np.array_equal(bf16.predict_proba(data, precision="fp32"), fp32.predict_proba(data))
+    assert all(p.dtype == torch.float32 for p in tiny_llama.parameters())  # weights untouched
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; accepted: fp32, bf16"):
+        PromptClassifier(lm, CAUSAL, precision="fp16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        bf16.predict_proba(data, precision="half")
