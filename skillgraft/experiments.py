@@ -59,6 +59,11 @@ def _records(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).replace("nan", np.nan).infer_objects()
 
 
+def _pooled(parts: list[tuple]) -> tuple:
+    """Tuples of arrays aligned on examples (one per target or task) joined into one such tuple."""
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(len(parts[0])))
+
+
 def _scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> dict:
     """Accuracy, ECE, Brier, NLL and the mean confidence (highest class probability)."""
     return {**mt.calibration_summary(probs, labels, n_bins), "confidence": float(probs.max(axis=1).mean())}
@@ -305,8 +310,7 @@ def c3_intervals(result: OOD, **kw) -> tuple:
     pooled = []
     for src in sorted({s for s, _ in pairs}):
         for seed in seeds:
-            parts = [group(s, t, seed) for s, t in pairs if s == src]
-            pooled.append(tuple(np.concatenate([p[i] for p in parts]) for i in range(3)))
+            pooled.append(_pooled([group(s, t, seed) for s, t in pairs if s == src]))
     return vd.accuracy_gap(pooled, **kw), per
 
 
@@ -345,7 +349,8 @@ def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
 
     lab = setting.lab()
     mt_spec = lab.delta_spec(tasks, setting.k, seed, setting.finetune, mode="multitask")
-    masks = {t: lab.mask(lab.mask_spec(mt_spec, "graft", sparsity, task=t, cfg=setting.graft)) for t in tasks}
+    regions = {t: lab.mask_spec(mt_spec, "graft", sparsity, task=t, cfg=setting.graft) for t in tasks}
+    masks = {t: lab.mask(spec) for t, spec in regions.items()}
     overlap, jac = mt.overlap_matrix(masks, "asymmetric"), mt.overlap_matrix(masks, "jaccard")
     total = next(iter(masks.values())).total
     sizes = {t: m.count for t, m in masks.items()}
@@ -354,9 +359,8 @@ def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
                          dtype=float)
     acc_rows = []
     for i in tasks:
-        mspec = lab.mask_spec(mt_spec, "graft", sparsity, task=i, cfg=setting.graft)
         for j in tasks:
-            cross.loc[i, j] = mt.accuracy(*lab.predict(j, Variant("graft", mt_spec, mspec, sparsity)))
+            cross.loc[i, j] = mt.accuracy(*lab.predict(j, Variant("graft", mt_spec, regions[i], sparsity)))
     single = {t: lab.delta_spec(t, setting.k, seed, setting.finetune) for t in tasks}
     for t in tasks:
         acc_rows.append(dict(task=t, family=get_task(t).family,
@@ -374,8 +378,7 @@ def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
     out = MultiTask(masks, overlap, jac, rnd, cross.astype(float), pd.DataFrame(acc_rows), pd.DataFrame(sim_rows))
     out.regime = fine_tune_regime(lab, [(dict(model="multi-task", task=", ".join(tasks)), mt_spec)]
                                   + [(dict(model="single-task", task=t), single[t]) for t in tasks])
-    out.grafts = graft_regime(lab, [(dict(task=t), lab.mask_spec(mt_spec, "graft", sparsity, task=t, cfg=setting.graft))
-                                    for t in tasks])
+    out.grafts = graft_regime(lab, [(dict(task=t), spec) for t, spec in regions.items()])
     if compare_bases:  # the same regions localized from the other base patch: overlaps only (no evaluations)
         out.alt_base = "movement" if setting.graft.base == "gradient" else "gradient"
         alt_cfg = dataclasses.replace(setting.graft, base=out.alt_base)
@@ -477,12 +480,11 @@ def c5_intervals(result: Continual, method: str = "graft (task known)", **kw) ->
     bwt, final = [], []
     for seed in seeds:
         # BWT = mean over j < T of R[T, j] − R[j, j]; test sets of equal size, so pooling is the mean
-        parts = [(p(seed, method, T - 1, j), p(seed, method, j, j), p(seed, "sequential", T - 1, j),
-                  p(seed, "sequential", j, j), result.probs[seed, "sequential", j, j][1]) for j in range(T - 1)]
-        bwt.append(tuple(np.concatenate([q[i] for q in parts]) for i in range(5)))
-        parts = [(p(seed, method, T - 1, j), p(seed, "sequential", T - 1, j), result.probs[seed, "sequential", j, j][1])
-                 for j in range(T)]
-        final.append(tuple(np.concatenate([q[i] for q in parts]) for i in range(3)))
+        bwt.append(_pooled([(p(seed, method, T - 1, j), p(seed, method, j, j), p(seed, "sequential", T - 1, j),
+                             p(seed, "sequential", j, j), result.probs[seed, "sequential", j, j][1])
+                            for j in range(T - 1)]))
+        final.append(_pooled([(p(seed, method, T - 1, j), p(seed, "sequential", T - 1, j),
+                               result.probs[seed, "sequential", j, j][1]) for j in range(T)]))
     return (vd.accuracy_interval(bwt, lambda a, b, c, d: (a - b) - (c - d), **kw),
             vd.accuracy_gap(final, **kw))
 
