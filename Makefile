@@ -11,7 +11,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup assets book test unit compute nbval bench clean
+.PHONY: setup assets book test unit compute nbval bench fidelity clean
 
 setup: $(STAMP) assets
 
@@ -45,8 +45,13 @@ nbval: compute
 test: unit nbval
 	$(BIN)/skillgraft book --no-execute
 
+# Speed and memory ratios in one run (about 10 minutes; run it with nothing else on the machine).
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/graft_speed.py | tee benchmarks/results/speed.md
+
+# fp32 against bf16 on chapter 01's settings, each from an empty store (about half an hour).
+fidelity: setup
+	$(BIN)/python benchmarks/precision_fidelity.py --out benchmarks/results/precision_fidelity.txt
 
 clean:
 	rm -rf _build runs

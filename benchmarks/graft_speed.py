@@ -1,18 +1,21 @@
-"""Speed and memory of localization on the embedded model; prints a markdown report, never asserts.
+"""Speed and memory of the chapters' steps on the embedded model, as ratios within one run;
+the report ``make bench`` prints. Reported, never asserted (these machines are noisy).
 
-Speed: the gradient part of one localization epoch (θ = θ_pre + frac⊙δ in place, forward and
-backward over the train batches, one step on S, back to θ_pre) against fine-tuning steps over
-the same examples (forward, backward, SGD step), same batch size and number of batches. The
-two are interleaved in one run, so that other load on the machine hits both alike. The scoring
-part of an epoch (train and dev accuracy of the rounded graft) is reported on its own line.
-Targets: ratio ≤ 1.2.
+1. Fine-tuning step (forward, backward, SGD) over the train batches, fp32 against bf16.
+2. Localization epoch against fine-tuning steps over the same examples (same batches), in
+   each precision: the gradient part (θ = θ_pre + frac⊙δ in place, forward and backward
+   over the train set, the step on S, θ_pre back), its scoring in full (train and dev
+   accuracy of the rounded graft), and the epoch as the chapters run it: a whole
+   localization at the chapters' settings (grow, 10 steps, lr 1e8), where scoring stops once
+   a mask cannot beat the kept one, divided by its steps. Each repeat interleaves the two,
+   so other load on the machine hits both alike.
+3. Prediction throughput (test examples a second), fp32 against bf16.
+4. Peak resident memory of a localization and of fine-tuning, in fresh child processes
+   (``/proc/self/clear_refs``, then ``VmHWM``), as multiples of the fp32 model.
+5. The fidelity of bf16 against fp32 (``benchmarks/precision_fidelity.py``, about half an
+   hour: ``make fidelity``), read from its committed output.
 
-Memory: a fresh child process loads the model and δ, resets its resident-set high-water mark
-(Linux ``/proc/self/clear_refs``), runs ``localize`` and reads ``VmHWM``. Reported as a
-multiple of the fp32 model size, absolute and above the interpreter's own footprint
-(python + torch + transformers imported, no model). Target: ≤ 3.5×.
-
-    python benchmarks/graft_speed.py [--task mr] [--k 16] [--batch-size 8] [--repeats 3]
+    python benchmarks/graft_speed.py [--task mr] [--repeats 3] [--threads N]
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CHAPTER_GRAFT = dict(start="grow", lr=1e8, epochs=10)  # the chapters' localization (notebooks' parameters)
 
 
 def status_kb(key: str) -> int:
@@ -40,12 +46,13 @@ def setup(args):
 
     lm = load_lm(args.model)
     task = get_task(args.task)
-    splits = load_splits(task, k=args.k, seed=args.seed, test_size=0)
-    return lm, task.classifier(lm, max_length=args.max_length), splits
+    splits = load_splits(task, k=args.k, seed=args.seed, test_size=args.test_size)
+    clfs = {p: task.classifier(lm, max_length=args.max_length, precision=p) for p in ("fp32", "bf16")}
+    return lm, clfs, splits
 
 
 def memory_child(args) -> None:
-    """Run in a fresh process: peak RSS of ``localize`` (or of a fine-tuning pass) with model and δ resident."""
+    """In a fresh process: peak RSS of ``localize`` (or of fine-tuning) with model and δ resident."""
     import torch
     import transformers  # noqa: F401  (the interpreter's footprint includes torch and transformers)
     from safetensors.torch import load_file
@@ -54,7 +61,8 @@ def memory_child(args) -> None:
     from skillgraft.graft import GraftConfig, localize
 
     runtime = status_kb("VmRSS")
-    lm, clf, splits = setup(args)
+    lm, clfs, splits = setup(args)
+    clf = clfs[args.memory_precision]
     delta = load_file(args.memory_child)
     with torch.no_grad():  # fault in the memory-mapped weights and δ, so "before" counts them
         float(sum(t.sum() for t in [*lm.model.parameters(), *delta.values()]))
@@ -63,24 +71,30 @@ def memory_child(args) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = status_kb("VmRSS")
     if args.memory_what == "localize":
-        cfg = GraftConfig(sparsity=args.sparsity, lr=args.graft_lr, epochs=args.memory_epochs,
-                          batch_size=args.batch_size)
-        localize(clf, delta, splits.train, splits.dev, cfg, progress=False)
+        localize(clf, delta, splits.train, splits.dev, GraftConfig(**{**CHAPTER_GRAFT, "epochs": 2}), progress=False)
     else:
         n_batches = -(-len(splits.train) // args.batch_size)
-        cfg = FinetuneConfig(steps=args.memory_epochs * n_batches, batch_size=args.batch_size, eval_every=n_batches,
-                             fit_loss=None)
-        finetune(clf, splits.train, splits.dev, cfg, progress=False)
+        finetune(clf, splits.train, splits.dev, FinetuneConfig(steps=2 * n_batches, eval_every=n_batches,
+                                                              fit_loss=None), progress=False)
     print(json.dumps({"runtime_kb": runtime, "before_kb": before, "peak_kb": status_kb("VmHWM"),
                       "model_bytes": model_bytes, "graft_bytes": graft_bytes}))
 
 
-def child(args, path: Path, what: str, env: dict | None = None) -> dict:
-    same = {k: v for k, v in vars(args).items() if v is not None and k not in ("memory_child", "memory_what")}
-    cmd = [sys.executable, __file__, "--memory-child", str(path), "--memory-what", what] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in same.items()]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **(env or {})})
+def child(args, path: Path, what: str, precision: str) -> dict:
+    same = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("memory_")}
+    cmd = [sys.executable, __file__, "--memory-child", str(path), "--memory-what", what,
+           "--memory-precision", precision] + [f"--{k.replace('_', '-')}={v}" for k, v in same.items()]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fidelity_summary() -> list[str]:
+    path = RESULTS / "precision_fidelity.txt"
+    if not path.exists():
+        return ["(no committed fidelity run: `make fidelity` writes benchmarks/results/precision_fidelity.txt)"]
+    lines = path.read_text().splitlines()
+    keep = [l for l in lines if "bf16 − fp32" in l or l.startswith("bf16 faithful") or l.startswith("precision fidelity")]
+    return keep
 
 
 def main() -> None:
@@ -88,88 +102,115 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--task", default="mr")
     p.add_argument("--k", type=int, default=16, help="train examples per class (the train set is k·C examples)")
-    p.add_argument("--seed", type=int, default=42, help="data seed")
+    p.add_argument("--seed", type=int, default=13, help="data seed")
+    p.add_argument("--test-size", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5, help="interleaved (fine-tuning pass, localization epoch) pairs")
-    p.add_argument("--sparsity", type=float, default=1e-4)
-    p.add_argument("--graft-lr", type=float, default=1e7)
-    p.add_argument("--memory-epochs", type=int, default=2)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice); pass 1 on a shared machine")
+    p.add_argument("--max-length", type=int, default=64, help="the chapters' max_length")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved (fine-tuning pass, localization epoch) pairs")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--ft-steps", type=int, default=80, help="fine-tuning steps of the δ that is localized")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)  # internal: path of δ for the memory child
     p.add_argument("--memory-what", default="localize", help=argparse.SUPPRESS)
+    p.add_argument("--memory-precision", default="bf16", help=argparse.SUPPRESS)
     args = p.parse_args()
+    import torch
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
     if args.memory_child:
         return memory_child(args)
 
     import numpy as np
-    import torch
     from safetensors.torch import save_file
 
     from skillgraft.finetune import FinetuneConfig, finetune
     from skillgraft.graft import GraftConfig, localize
 
-    lm, clf, splits = setup(args)
+    t0 = time.time()
+    lm, clfs, splits = setup(args)
     n_batches = -(-len(splits.train) // args.batch_size)
-    ft_cfg = FinetuneConfig(steps=n_batches, batch_size=args.batch_size, eval_every=n_batches, fit_loss=None)
-    gr_cfg = GraftConfig(sparsity=args.sparsity, lr=args.graft_lr, epochs=1, batch_size=args.batch_size,
-                         include_base=False)
-    delta = finetune(clf, splits.train, splits.dev, ft_cfg, progress=False).delta  # δ for the timing runs
-    ft_times, step_times, eval_times = [], [], []
-    for r in range(args.repeats):  # interleaved: both see the same machine load
+    one_pass = FinetuneConfig(steps=n_batches, batch_size=args.batch_size, eval_every=n_batches, fit_loss=None)
+    one_epoch = GraftConfig(**{**CHAPTER_GRAFT, "epochs": 1}, batch_size=args.batch_size, include_base=False)
+    print("δ: fine-tuning at the chapters' defaults (bf16)", file=sys.stderr, flush=True)
+    delta = finetune(clfs["bf16"], splits.train, splits.dev, FinetuneConfig(steps=args.ft_steps), progress=False).delta
+    t = {(k, prec): [] for k in ("ft", "grad", "score", "predict") for prec in clfs}
+    for r in range(args.repeats):  # interleaved: every quantity sees the same machine load
         print(f"repeat {r + 1}/{args.repeats}", file=sys.stderr, flush=True)
-        ft = finetune(clf, splits.train, splits.dev, ft_cfg, progress=False)
-        ft_times.append(float(ft.history["seconds"].sum()))
-        gr = localize(clf, delta, splits.train, splits.dev, gr_cfg, progress=False)
-        step_times.append(float(gr.history["seconds_step"].iloc[0]))
-        eval_times.append(float(gr.history["seconds_eval"].iloc[0]))
+        for prec, clf in clfs.items():
+            ft = finetune(clf, splits.train, splits.dev, one_pass, progress=False)
+            t["ft", prec].append(float(ft.history["seconds"].sum()))
+            h = localize(clf, delta, splits.train, splits.dev, one_epoch, progress=False).history
+            t["grad", prec].append(float(h["seconds_step"].iloc[0]))
+            t["score", prec].append(float(h["seconds_eval"].iloc[0]))
+            start = time.perf_counter()
+            clf.predict_proba(splits.test, batch_size=16)
+            t["predict", prec].append(time.perf_counter() - start)
+    chapter = {}
+    for prec, clf in clfs.items():  # a whole localization as the chapters run it
+        print(f"chapter localization, {prec}", file=sys.stderr, flush=True)
+        ft_before = float(finetune(clf, splits.train, splits.dev, one_pass, progress=False).history["seconds"].sum())
+        h = localize(clf, delta, splits.train, splits.dev, GraftConfig(**CHAPTER_GRAFT, batch_size=args.batch_size),
+                     progress=False).history
+        ft_after = float(finetune(clf, splits.train, splits.dev, one_pass, progress=False).history["seconds"].sum())
+        steps = h[h.epoch > 0]
+        per_epoch = (float(steps["seconds_step"].sum()) + float(h["seconds_eval"].sum())) / len(steps)
+        chapter[prec] = (per_epoch, (ft_before + ft_after) / 2, int(h["train_acc"].isna().sum()),
+                         int(h["dev_acc"].isna().sum()), len(h))
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "delta.safetensors"
-        save_file({n: d.contiguous() for n, d in ft.delta.items()}, str(path))
-        del delta, ft, gr
+        save_file({n: d.contiguous() for n, d in delta.items()}, str(path))
         print("memory: child processes", file=sys.stderr, flush=True)
-        mem = child(args, path, "localize")
-        mem_fixed = child(args, path, "localize", {"MALLOC_MMAP_THRESHOLD_": "131072"})
-        mem_ft = child(args, path, "finetune")
-    size, kb = mem["model_bytes"], 1024
+        mem = {(what, prec): child(args, path, what, prec) for what in ("localize", "finetune") for prec in clfs}
+    med = {k: float(np.median(v)) for k, v in t.items()}
+    size = mem["localize", "fp32"]["model_bytes"]
+    design = 1 + 3 * mem["localize", "fp32"]["graft_bytes"] / size
 
-    def rss(kib: int) -> str:
-        return f"{kib * kb / 1e6:.0f} MB ({kib * kb / size:.2f}×)"
+    def ratio(a, b) -> str:
+        return f"{a / b:.2f}"
 
-    ratios = [s / f for s, f in zip(step_times, ft_times)]
-    ft_t, st_t, ev_t = np.median(ft_times), np.median(step_times), np.median(eval_times)
-    design = 1 + 3 * mem["graft_bytes"] / size
-    rows = [
-        ("train set", f"{len(splits.train)} examples = {n_batches} batches of ≤ {args.batch_size}", ""),
-        (f"fine-tuning, one pass over the batches (median of {args.repeats})", f"{ft_t:.2f} s", ""),
-        ("localization epoch, gradient part (relax, fwd+bwd, step on S, round)", f"{st_t:.2f} s", ""),
-        ("**ratio** epoch gradient part / fine-tuning pass (median of per-repeat ratios)",
-         f"**{np.median(ratios):.2f}**", "≤ 1.2"),
-        ("localization epoch, scoring part (train + dev accuracy of the graft)", f"{ev_t:.2f} s", ""),
-        ("ratio whole epoch / fine-tuning pass", f"{(st_t + ev_t) / ft_t:.2f}", ""),
-        ("fp32 model size (all parameters)", f"{size / 1e6:.0f} MB", ""),
-        ("interpreter footprint (python, torch, transformers; no model)", rss(mem["runtime_kb"]), ""),
-        ("resident before localize (model + δ + interpreter)", rss(mem["before_kb"]), ""),
-        ("**peak resident during localize**", f"**{rss(mem['peak_kb'])}**", "≤ 3.5×"),
-        ("… above the interpreter footprint", f"{(mem['peak_kb'] - mem['runtime_kb']) * kb / size:.2f}×", ""),
-        ("… with MALLOC_MMAP_THRESHOLD_=131072 (no glibc heap fragmentation)", rss(mem_fixed["peak_kb"]), ""),
-        ("… same, above the interpreter footprint",
-         f"{(mem_fixed['peak_kb'] - mem_fixed['runtime_kb']) * kb / size:.2f}×", ""),
-        ("state by design: model + δ + S + gradients (no θ_pre copy)", f"{design:.2f}×", ""),
-        ("for reference: peak during fine-tuning passes, same process layout", rss(mem_ft["peak_kb"]), ""),
-    ]
-    print(f"## Localization speed and memory: {args.model}, task {args.task}, k = {args.k}, "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads\n")
-    print("| quantity | value | target |\n|---|---|---|")
+    rows = [("train set", f"{len(splits.train)} examples = {n_batches} batches of ≤ {args.batch_size}", "", "")]
+    rows.append(("fine-tuning pass (s, median)", f"{med['ft', 'fp32']:.2f}", f"{med['ft', 'bf16']:.2f}", ""))
+    rows.append(("**fine-tuning step fp32 / bf16**", "", f"**{ratio(med['ft', 'fp32'], med['ft', 'bf16'])}**", ""))
+    for prec in clfs:
+        pass_ = med["ft", prec]
+        rows += [
+            (f"{prec}: localization epoch, gradient part / fine-tuning pass",
+             ratio(med["grad", prec], pass_), "", ""),
+            (f"{prec}: its scoring in full (train + dev of the rounded graft) / fine-tuning pass",
+             ratio(med["score", prec], pass_), "", ""),
+            (f"{prec}: **epoch with full scoring / fine-tuning pass**",
+             f"**{ratio(med['grad', prec] + med['score', prec], pass_)}**", "", "≤ 1.05"),
+            (f"{prec}: **epoch as the chapters run it** (10 steps, bounded scoring) / fine-tuning pass",
+             f"**{ratio(chapter[prec][0], chapter[prec][1])}**", "", "≤ 1.05"),
+            (f"{prec}: … masks whose train / dev scoring stopped early (of {chapter[prec][4]} scored)",
+             f"{chapter[prec][2]} / {chapter[prec][3]}", "", ""),
+        ]
+    n_test = len(splits.test)
+    rows.append((f"prediction, {n_test} test examples (examples / s)",
+                 f"{n_test / med['predict', 'fp32']:.1f}", f"{n_test / med['predict', 'bf16']:.1f}", ""))
+    rows.append(("**prediction throughput bf16 / fp32**", "",
+                 f"**{ratio(med['predict', 'fp32'], med['predict', 'bf16'])}**", ""))
+    rows.append(("fp32 model size (all parameters)", f"{size / 1e6:.0f} MB", "", ""))
+    rt = mem["localize", "fp32"]["runtime_kb"] * 1024
+    rows.append(("interpreter footprint (python, torch, transformers; no model) / model", ratio(rt, size), "", ""))
+    rows.append(("state by design: model + δ + S + gradients / model", f"{design:.2f}", "", ""))
+    for what in ("localize", "finetune"):
+        for prec in clfs:
+            m = mem[what, prec]
+            label = "localization" if what == "localize" else "fine-tuning"
+            rows.append((f"{prec}: **peak resident during {label} / model**",
+                         f"**{ratio(m['peak_kb'] * 1024, size)}**", f"{ratio((m['peak_kb'] - m['runtime_kb']) * 1024, size)}"
+                         " above the interpreter", "≤ 3.5" if what == "localize" else ""))
+    print(f"## Speed and memory: {args.model}, task {args.task}, k = {args.k}, batch {args.batch_size}, "
+          f"max_length {args.max_length}, {torch.get_num_threads()} threads\n")
+    print("| quantity | fp32 / value | bf16 / note | target |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    print(f"\nper repeat (s): fine-tuning {[round(t, 2) for t in ft_times]}, "
-          f"localization gradient part {[round(t, 2) for t in step_times]}, scoring {[round(t, 2) for t in eval_times]}")
-    print(f"run at {time.strftime('%Y-%m-%d %H:%M')}")
+    print("\nper repeat (s): " + ", ".join(f"{k[0]} {k[1]} {[round(x, 2) for x in v]}" for k, v in t.items()))
+    print("\n## Fidelity of bf16 (from benchmarks/results/precision_fidelity.txt)\n")
+    for line in fidelity_summary():
+        print("    " + line)
+    print(f"\nrun at {time.strftime('%Y-%m-%d %H:%M')}, {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from .progress import Watcher
+
 __all__ = ["main", "notebook_parameters", "check_parameters", "resolve_notebook"]
 
 log = logging.getLogger("skillgraft")
@@ -178,8 +180,9 @@ def execute(path: Path, output: Path, params: dict, cwd: Path | None = None) -> 
     os.close(fd)
     try:
         print(f"executing {path.stem} -> {output}", file=sys.stderr, flush=True)
-        pm.execute_notebook(str(path), tmp, parameters=params, cwd=str(cwd or path.parent),
-                            kernel_name="python3", progress_bar=sys.stderr.isatty())
+        with Watcher(path.stem):  # which fine-tune, graft or prediction runs, and how far along
+            pm.execute_notebook(str(path), tmp, parameters=params, cwd=str(cwd or path.parent),
+                                kernel_name="python3", progress_bar=False)
         os.replace(tmp, output)
     finally:
         Path(tmp).unlink(missing_ok=True)

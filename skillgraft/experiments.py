@@ -40,6 +40,24 @@ class Setting:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     graft: GraftConfig = field(default_factory=lambda: GraftConfig(sparsity=1e-4))
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """A notebook shows the setting one field per line, wrapped, never as one long line."""
+        import dataclasses
+        import textwrap
+
+        def fields(obj) -> list[str]:
+            return [f"{f.name}={getattr(obj, f.name)!r}" for f in dataclasses.fields(obj)]
+
+        lines, top = [], []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                lines += textwrap.wrap(", ".join(fields(value)), 88, initial_indent=f"  {f.name}: ",
+                                       subsequent_indent=" " * (len(f.name) + 4), break_on_hyphens=False)
+            else:
+                top.append(f"{f.name}={value!r}")
+        printer.text("\n".join(["Setting(" + ", ".join(top) + ")", *lines]))
+
     def lab(self):
         return get_lab(self.model, self.device, self.max_length, self.test_size, self.precision)
 
@@ -151,6 +169,40 @@ def graft_regime(lab, gspecs: list[tuple[dict, dict]]) -> pd.DataFrame:
                          base_size=meta["base_count"], size=meta["count"], added=kept["added"],
                          removed=kept["removed"], equals_top_movement=bool(lab.mask(spec).equal(top))))
     return pd.DataFrame(rows)
+
+
+def caveats(result, setting: Setting, start: str | None = None, seeds: list[int] | None = None) -> str:
+    """What a reader should know next to a chapter's verdict, from its regime tables and
+    results: the seeds and test examples behind it, whether every kept checkpoint fits its
+    train set, how many grafts equal their top-movement mask (the optimization added
+    nothing there), and the fine-tuning gain over zero-shot where the chapter has both."""
+    out = []
+    regime, grafts = getattr(result, "regime", None), getattr(result, "grafts", None)
+    if grafts is not None and start is not None and "start" in grafts:
+        grafts = grafts[grafts["start"] == start]
+    if seeds is None:
+        seeds = sorted(set(regime["seed"])) if regime is not None and "seed" in regime else []
+    if len(seeds) == 1:
+        out.append(f"one data seed ({seeds[0]}): no interval over seeds")
+    elif seeds:
+        out.append(f"{len(seeds)} data seeds × {setting.test_size} test examples per task")
+    if regime is not None and len(regime):
+        unfit = int((~regime["fit"].astype(bool)).sum())
+        out.append("every kept checkpoint fits its train set" if unfit == 0 else
+                   f"{unfit} of {len(regime)} fine-tunes never fit their train set (the last step was kept)")
+    if grafts is not None and len(grafts):
+        same = int(grafts["equals_top_movement"].sum())
+        out.append("no graft equals its top-movement mask" if same == 0 else
+                   f"{same} of {len(grafts)} grafts equal their top-movement mask (the optimization added nothing there)")
+    res = getattr(result, "results", None)
+    if res is not None and {"variant", "accuracy"} <= set(res.columns):
+        rows = res[res["in_distribution"]] if "in_distribution" in res else res
+        acc = rows.groupby("variant")["accuracy"].mean()
+        if {"fine-tuned", "zero-shot"} <= set(acc.index):
+            gain = 100 * (acc["fine-tuned"] - acc["zero-shot"])
+            out.append(f"fine-tuning gained {gain:+.1f} points over zero-shot" + (" (in-distribution)" if
+                                                                                  "in_distribution" in res else ""))
+    return "; ".join(out)
 
 
 def recovery_table(results: pd.DataFrame, min_gain: float = 0.01) -> pd.DataFrame:

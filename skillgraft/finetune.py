@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import progress as _progress
 from .graft import Delta, only_graftable_trainable, snapshot
 
 __all__ = ["OPTIMIZERS", "FinetuneConfig", "FinetuneResult", "optimizer_groups", "finetune",
@@ -185,6 +186,7 @@ def _train(params: Mapping[str, nn.Parameter], items: Sequence[tuple], cfg: Fine
                     best_theta = best_theta or {n: torch.empty_like(p) for n, p in params.items()}
                     _load(best_theta, {n: p.detach() for n, p in params.items()})
         rows.append(row)
+        _progress.step(step, cfg.steps)
     model.eval()
     fitted = best_step > 0
     if not fitted:  # no check fit the train set: keep the last, most trained weights, and say so

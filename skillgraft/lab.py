@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import finetune as ft
+from . import progress
 from . import graft as gr
 from . import tasks as tk
 from .cache import Store, default_store
@@ -117,6 +118,11 @@ class Lab:
 
     def _finetune(self, spec: dict):
         """Fine-tune for ``spec``, store the delta(s) and return the entry of ``spec``."""
+        what = {"single": "fine-tuning", "multitask": "multi-task fine-tuning", "sequential": "sequential fine-tuning"}
+        with progress.stage(f"{what[spec['mode']]} {' → '.join(spec['tasks'])}, seed {spec['seed']}"):
+            return self._finetune_now(spec)
+
+    def _finetune_now(self, spec: dict):
         cfg = ft.FinetuneConfig(**spec["finetune"])
         items = []
         for task in spec["tasks"]:
@@ -198,7 +204,8 @@ class Lab:
         cfg = GraftConfig(**spec["graft"])  # the data seed and k are those of the delta
         s = self.splits(spec["task"], spec["delta"]["k"], spec["delta"]["seed"])
         base = self.delta(spec["base"]) if spec.get("base") else None
-        with (gr.apply_delta(self.lm.model, base) if base is not None else contextlib.nullcontext()):
+        with (gr.apply_delta(self.lm.model, base) if base is not None else contextlib.nullcontext()), \
+                progress.stage(f"localizing {spec['task']} ({cfg.start}), seed {spec['delta']['seed']}"):
             res = localize(self.classifier(spec["task"]), delta, s.train, s.dev, cfg, progress=False)
         meta = {"history": res.history.to_dict("records"), "count": res.mask.count, "best_epoch": res.best_epoch,
                 "sparsity": res.mask.sparsity, "base_count": res.base.count}
@@ -223,8 +230,8 @@ class Lab:
         entry = self.store.load("probs", spec)
         if entry is None:
             data = self.splits(task, k, seed)[split]
-            with self.apply(variant):
-                probs = clf.predict_proba(data, batch_size=16, precision="fp32")  # evaluation in fp32 always
+            with self.apply(variant), progress.stage(f"predicting {task} {split}, {len(data)} examples"):
+                probs = clf.predict_proba(data, batch_size=16, precision="fp32", report=True)  # fp32 always
             entry = self.store.save("probs", spec, {"probs": torch.from_numpy(probs),
                                                     "labels": torch.tensor(data["label"])}, {})
         return entry.tensors["probs"].numpy(), entry.tensors["labels"].numpy()

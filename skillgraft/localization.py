@@ -19,6 +19,7 @@ from torch import Tensor
 
 from tqdm.auto import tqdm
 
+from . import progress as _progress
 from .graft import (Delta, Mask, _add_exact, _check_names, _count_for, _shapes, _sub_exact, _top_k,
                     graftable_parameters, grafted, only_graftable_trainable, top_movement)
 
@@ -48,6 +49,7 @@ class GraftConfig:
     keep_scores: bool = False     # return the final S: one fp32 per graftable entry, a model-sized tensor
     base: str = "movement"        # γ_base: "movement" = top |δ| (official); "gradient" = top −∇θL⊙δ on the train set
     start: str = "refine"         # "refine": γ_base at ``sparsity``; "grow": γ_base at GROW_SPARSITY (shipped script)
+    score_all: bool = False       # score every epoch's mask in full; else stop scoring one that cannot be kept
 
     @property
     def base_sparsity(self) -> float:
@@ -71,7 +73,7 @@ class GraftConfig:
             raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
-        for name in ("include_base", "keep_scores"):
+        for name in ("include_base", "keep_scores", "score_all"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -220,6 +222,38 @@ def _epoch(clf, params, delta, z, base: _Sparse, batches, ws: _Workspace, cfg: G
     return {"loss": total / len(batches), **_unrelax(params, delta, z, base, ws, undo, cfg, len(batches))}
 
 
+def _bounded_accuracy(clf, data, batch_size: int, hopeless) -> float:
+    """Accuracy of ``data`` batch by batch, in the length order and batches of a whole-set
+    ``clf.accuracy`` (so every prediction is the one it makes); NaN as soon as
+    ``hopeless(best accuracy still reachable)`` says the rest cannot matter."""
+    order, n, correct = clf.length_order(data), len(data), 0
+    for s in range(0, n, batch_size):
+        idx = order[s:s + batch_size]
+        correct += round(clf.accuracy(data.select(idx), batch_size=batch_size) * len(idx))
+        if s + len(idx) < n and hopeless((correct + n - s - len(idx)) / n):
+            return math.nan
+    return correct / n
+
+
+def _scores(clf, train, dev, cfg: GraftConfig, best: float | None) -> tuple[float, float]:
+    """Train and dev accuracy of the grafted model, or NaN for what the selection cannot use.
+
+    With ``best`` (the kept mask's selection key), scoring stops once this mask provably cannot
+    beat it: dev first, given up when even a perfect train accuracy could not lift the sum
+    above ``best``; then train, given up when it cannot. Float addition is monotone, so a
+    bound ≤ ``best`` means the exact sum is too: the kept mask is the one full scoring keeps.
+    """
+    bs = cfg.eval_batch_size
+    if best is None or cfg.select == "last":
+        return clf.accuracy(train, batch_size=bs), clf.accuracy(dev, batch_size=bs)
+    if cfg.select == "dev":
+        return math.nan, _bounded_accuracy(clf, dev, bs, lambda reach: reach <= best)
+    dv = _bounded_accuracy(clf, dev, bs, lambda reach: 1.0 + reach <= best)
+    if math.isnan(dv) or 1.0 + dv <= best:
+        return math.nan, dv
+    return _bounded_accuracy(clf, train, bs, lambda reach: reach + dv <= best), dv
+
+
 def gradient_base(clf, params, delta: Mapping[str, Tensor], batches, sparsity: float) -> Mask:
     """The entries whose grafting lowers the task loss most, to first order: top −∇θL(θ)⊙δ.
 
@@ -246,7 +280,9 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     ``encode``, ``loss``, ``accuracy``, ``length_order``); ``delta`` is θ_ft − θ_pre over all graftable
     parameters; ``train``/``dev`` are ``datasets.Dataset``. Each epoch: θ = θ_pre + frac⊙δ
     in place, g = mean over the train batches of ∇θL ⊙ δ, one step on S, then round(frac) is
-    grafted and scored on train and dev; the best (first on ties) is kept.
+    grafted and scored on train and dev; the best (first on ties) is kept. Scoring a mask stops
+    as soon as it provably cannot beat the kept one (its accuracies are then NaN in the
+    history; ``score_all`` scores every mask in full): the same mask is kept either way.
 
     Runs in eval mode (no dropout; the official trainer is in eval mode from its first
     evaluation on). Memory beyond the model and δ: S and the gradients (one fp32 per
@@ -274,7 +310,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     rows: list[dict] = []
     best: tuple[float, int, _Sparse] | None = None
 
-    scored: list[tuple[_Sparse, float, float]] = []  # the last mask scored, with its accuracies
+    scored: list[tuple[_Sparse, float, float]] = []  # the last mask scored, with its accuracies (NaN: not needed)
 
     def score(epoch: int, graft: _Sparse, stats: dict) -> None:
         nonlocal best
@@ -283,8 +319,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
             tr, dv = scored[-1][1:]
         else:
             with grafted(model, delta, graft.mask()):
-                tr = clf.accuracy(train, batch_size=cfg.eval_batch_size)
-                dv = clf.accuracy(dev, batch_size=cfg.eval_batch_size)
+                tr, dv = _scores(clf, train, dev, cfg, None if best is None or cfg.score_all else best[0])
             scored[:] = [(graft, tr, dv)]
         added = graft.added(base)
         total = sum(math.prod(shape) for shape in graft.shapes.values())
@@ -293,7 +328,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
                      "seconds_eval": time.perf_counter() - start})
         log.info("localize epoch %d: %s", epoch, {k: round(v, 6) for k, v in rows[-1].items()})
         key = {"train+dev": tr + dv, "dev": dv, "last": epoch}[cfg.select]
-        if best is None or key > best[0]:
+        if best is None or key > best[0]:  # NaN (not scored: it could not win) is never > best
             best = (key, epoch, graft)
 
     with only_graftable_trainable(model):
@@ -305,6 +340,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
             stats = _epoch(clf, params, delta, z, base, batches, ws, cfg)
             rounded = _rounded(z, base)
             score(epoch, rounded, {**stats, "seconds_step": time.perf_counter() - start})
+            _progress.step(epoch, cfg.epochs, "steps on S")
     _, best_epoch, kept = best if best is not None else (0.0, 0, base)
     meta = {"method": "localize", "epoch": best_epoch, **asdict(cfg)}
     return LocalizeResult(mask=kept.mask(meta), base=base.mask(base_meta),

@@ -41,7 +41,12 @@ VARIANT_COLORS: dict[str, str] = {
 }
 MODULE_COLORS: dict[str, str] = {"attention": "#0072B2", "mlp": "#E69F00", "norm": "#999999"}
 _EXTRA = sns.color_palette("dark", 10).as_hex()  # for variants or modules not listed above
-_PANEL = (3.8, 3.0)  # inches per panel (width, height)
+_PANEL = (3.6, 2.9)  # inches per panel (width, height)
+_WIDTH = 7.4         # inches: the book's text width, so that figures are shown at (about) their own size
+_MAX_COLS = 3        # panels per row before a grid wraps
+_MARKERS = {"graft": ("o", "-"), "top-movement": ("s", "--"), "random": ("^", ":")}  # lines that coincide stay apart
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
+                     "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 11.5})
 _LABELS = {"ece": "ECE", "nll": "NLL", "brier": "Brier score", "accuracy": "accuracy"}  # axis names of metric columns
 
 
@@ -74,8 +79,9 @@ def variant_palette(variants: Iterable[str]) -> dict[str, str]:
 
 
 def _grid(n_rows: int, n_cols: int, title: str, **kw) -> tuple[Figure, np.ndarray]:
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(_PANEL[0] * n_cols, _PANEL[1] * n_rows + 0.6),
-                             squeeze=False, layout="constrained", **kw)
+    width = min(_PANEL[0] * n_cols, _WIDTH)
+    height = _PANEL[1] * n_rows * (width / (_PANEL[0] * n_cols)) ** 0.5 + 0.6
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False, layout="constrained", **kw)
     fig.suptitle(title)
     return fig, axes
 
@@ -118,7 +124,10 @@ def accuracy_vs_sparsity(df: pd.DataFrame, variants: Sequence[str] = ("graft", "
             if g.empty:
                 continue
             x, sd = g.index.to_numpy() * 100, g["std"].fillna(0).to_numpy()  # percent of graftable parameters
-            ax.plot(x, g["mean"], marker="o", color=colors[v], label=v)
+            marker, style = _MARKERS.get(v, ("o", "-"))
+            ax.plot(x, g["mean"], marker=marker, linestyle=style, markersize=7 if v == "graft" else 6,
+                    markerfacecolor="white" if v != "graft" else colors[v], markeredgewidth=1.5,
+                    color=colors[v], label=v, zorder=4 if v == "graft" else 3)
             ax.fill_between(x, g["mean"] - sd, g["mean"] + sd, color=colors[v], alpha=0.2, linewidth=0)
         for v in references:
             ref = sub.loc[sub["variant"] == v, "accuracy"]
@@ -186,34 +195,44 @@ def reliability_diagrams(df: pd.DataFrame, ece: Mapping | None = None, title: st
     _require(df, ["task", "variant", "bin", "lower", "upper", "count", "confidence", "accuracy"], "reliability_diagrams")
     tasks, variants = _order(df["task"]), _order(df["variant"], list(VARIANT_COLORS))
     colors = variant_palette(variants)
-    fig, axes = _grid(len(tasks), len(variants), title or "Reliability diagrams (10 equal-width bins of top-class confidence)",
+    panels = [(t, v) for t in tasks for v in variants]
+    n_cols = min(len(panels), _MAX_COLS)
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = _grid(n_rows, n_cols, title or "Reliability diagrams (10 equal-width bins of top-class confidence)",
                       sharex=True, sharey=True)
-    for r, task in enumerate(tasks):
-        for c, variant in enumerate(variants):
-            ax, sub = axes[r, c], df[(df["task"] == task) & (df["variant"] == variant)]
-            ax.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1, zorder=3, label="perfect calibration")
-            ax.set(xlim=(0, 1), ylim=(0, 1))
-            if sub.empty:
-                ax.set_title(f"{task} · {variant}\n(no data)")
-                continue
-            b = _pool_bins(sub)
-            full = b[b["count"] > 0]
-            width = (full["upper"] - full["lower"]).to_numpy()
-            ax.bar(full["lower"], full["accuracy"], width=width, align="edge", color=colors[variant],
-                   edgecolor="black", linewidth=0.5, label="accuracy in bin")
-            ax.bar(full["lower"], full["confidence"] - full["accuracy"], bottom=full["accuracy"], width=width,
-                   align="edge", facecolor="none", edgecolor="#333333", hatch="///", linewidth=0.5,
-                   label="gap to mean confidence")
-            if ece is not None and (task, variant) in ece:
-                value = ece[(task, variant)]
-            elif "ece" in sub:
-                value = sub["ece"].mean()
-            else:
-                value = float(np.sum(full["count"] * np.abs(full["accuracy"] - full["confidence"])) / b["count"].sum())
-            ax.set_title(f"{task} · {variant}\nECE = {value:.3f}")
+    flat = list(axes.ravel())
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (task, variant) in zip(flat, panels):
+        sub = df[(df["task"] == task) & (df["variant"] == variant)]
+        ax.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1, zorder=3, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        name = variant if len(tasks) == 1 else f"{task} · {variant}"
+        if sub.empty:
+            ax.set_title(f"{name}\n(no data)")
+            continue
+        b = _pool_bins(sub)
+        full = b[b["count"] > 0]
+        width = (full["upper"] - full["lower"]).to_numpy()
+        ax.bar(full["lower"], full["accuracy"], width=width, align="edge", color=colors[variant],
+               edgecolor="black", linewidth=0.5, label="accuracy in bin")
+        ax.bar(full["lower"], full["confidence"] - full["accuracy"], bottom=full["accuracy"], width=width,
+               align="edge", facecolor="none", edgecolor="#333333", hatch="///", linewidth=0.5,
+               label="gap to mean confidence")
+        if ece is not None and (task, variant) in ece:
+            value = ece[(task, variant)]
+        elif "ece" in sub:
+            value = sub["ece"].mean()
+        else:
+            value = float(np.sum(full["count"] * np.abs(full["accuracy"] - full["confidence"])) / b["count"].sum())
+        ax.set_title(f"{name}\nECE = {value:.3f}")
+    for r in range(n_rows):
         axes[r, 0].set_ylabel("accuracy")
-    for ax in axes[-1]:
-        ax.set_xlabel("confidence (top-class probability)")
+    for ax in flat[:len(panels)][-n_cols:]:  # the lowest panel of each column carries the x axis
+        ax.set_xlabel("confidence")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    if len(tasks) == 1:
+        fig.suptitle(f"{fig.get_suptitle()}: {tasks[0]}")
     _figure_legend(fig, axes)
     return fig
 
@@ -253,8 +272,9 @@ def ood_accuracy(df: pd.DataFrame, title: str | None = None) -> Figure:
 
     Frame: columns ``source, target, variant, accuracy`` (and ``seed``; optional
     boolean ``in_distribution``, else a target equal to its source counts as in-distribution).
-    Grouped bars per target (mean ± sd over seeds, dots = seeds); the in-distribution
-    target comes first, on a shaded background, with its tick label marked.
+    Per target, each variant's mean ± sd over seeds (markers with whiskers; small dots = seeds),
+    on an accuracy axis fitted to the data so that differences of a point or two show; the
+    in-distribution target comes first, on a shaded background, with its tick label marked.
     """
     _require(df, ["source", "target", "variant", "accuracy"], "ood_accuracy")
     sources = _order(df["source"])
@@ -271,11 +291,15 @@ def ood_accuracy(df: pd.DataFrame, title: str | None = None) -> Figure:
             if t in in_dist:
                 ax.axvspan(i - 0.5, i + 0.5, color="#E8E8E8", zorder=0)
         common = dict(data=sub, x="target", y="accuracy", hue="variant", order=targets, hue_order=variants, ax=ax)
-        sns.barplot(**common, palette=palette, errorbar="sd", capsize=0.1)
-        sns.stripplot(**common, palette={v: "black" for v in variants}, dodge=True, size=3, alpha=0.6, legend=False)
-        ax.set_xticks(range(len(targets)), [f"{t}\n(in-dist.)" if t in in_dist else t for t in targets])
+        sns.pointplot(**common, palette=palette, errorbar="sd", dodge=0.45, linestyle="none", capsize=0.08,
+                      markers=["o", "s", "D", "^", "v"][:len(variants)], markersize=6, err_kws={"linewidth": 1.5})
+        sns.stripplot(**common, palette={v: "black" for v in variants}, dodge=True, size=2.5, alpha=0.5,
+                      legend=False, zorder=0)
+        ax.set_xticks(range(len(targets)), [f"{t}\n(in-dist.)" if t in in_dist else t for t in targets],
+                      rotation=20, ha="right", rotation_mode="anchor")
         for tick, t in zip(ax.get_xticklabels(), targets):
             tick.set_fontweight("bold" if t in in_dist else "normal")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}"))
         ax.set(title=f"trained on {source}", xlabel="evaluated on", ylabel="test accuracy")
         ax.grid(axis="y", alpha=0.3)
     _figure_legend(fig, axes)
@@ -291,7 +315,7 @@ def _check_matrix(matrix, where: str) -> pd.DataFrame:
 
 def _draw_matrix(ax, matrix: pd.DataFrame, fmt: str, vmin, vmax, cmap, cbar: bool) -> None:
     sns.heatmap(matrix, ax=ax, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, cmap=cmap, cbar=cbar,
-                square=True, linewidths=0.5, linecolor="white", annot_kws={"fontsize": 8})
+                square=True, linewidths=0.5, linecolor="white", annot_kws={"fontsize": 10 if max(matrix.shape) <= 4 else 8})
     ax.set_xlabel(matrix.columns.name or "")
     ax.set_ylabel(matrix.index.name or "")
     ax.tick_params(axis="x", labelrotation=45)
@@ -325,11 +349,11 @@ def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str, fmt: str = ".2f",
     values = np.concatenate([m.to_numpy().ravel() for m in mats.values()])
     vmin = float(np.nanmin(values)) if vmin is None else vmin
     vmax = float(np.nanmax(values)) if vmax is None else vmax
-    size = 1.0 + 0.7 * max(max(m.shape) for m in mats.values())
-    fig, axes = plt.subplots(1, len(mats), figsize=(size * len(mats) + 1.2, size + 0.5), layout="constrained", squeeze=False)
+    size = min(1.0 + 0.7 * max(max(m.shape) for m in mats.values()), (_WIDTH - 0.8) / len(mats))
+    fig, axes = plt.subplots(1, len(mats), figsize=(size * len(mats) + 0.8, size + 0.9), layout="constrained", squeeze=False)
     for ax, (name, m) in zip(axes[0], mats.items()):
         _draw_matrix(ax, m, fmt, vmin, vmax, cmap, cbar=False)
-        ax.set_title(name)
+        ax.set_title(name.replace(", ", ",\n") if len(name) > 28 else name, fontsize=9.5)
     fig.colorbar(axes[0, 0].collections[0], ax=list(axes[0]), shrink=0.8)
     fig.suptitle(title)
     return fig
@@ -343,13 +367,16 @@ def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: st
     "sentiment–sentiment"). The title reports Spearman's rho over all pairs.
     """
     _require(df, ["pair", "similarity", "overlap"], "similarity_vs_overlap")
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6.0, 4.4), layout="constrained")
     hue = "kind" if "kind" in df else None
     sns.scatterplot(data=df, x="similarity", y="overlap", hue=hue, s=50, ax=ax,
                     palette=sns.color_palette("colorblind", df[hue].nunique()) if hue else None)
+    ax.margins(x=0.25, y=0.2)  # room for the labels inside the axes
+    mid = df["similarity"].mean()
     for _, row in df.iterrows():
-        ax.annotate(str(row["pair"]), (row["similarity"], row["overlap"]), xytext=(4, 4),
-                    textcoords="offset points", fontsize=7)
+        right = row["similarity"] <= mid  # labels point to the middle, never past the frame
+        ax.annotate(str(row["pair"]), (row["similarity"], row["overlap"]), xytext=(6 if right else -6, 4),
+                    textcoords="offset points", fontsize=8.5, ha="left" if right else "right", annotation_clip=False)
     head = title or "Region overlap vs task similarity"
     if len(df) >= 3:
         rc = rank_correlation(df["similarity"], df["overlap"])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import progress as _progress
 from .models import LM, arch_spec
 
 __all__ = ["PRECISIONS", "Prompt", "PromptClassifier", "template_fields"]
@@ -219,9 +220,10 @@ class PromptClassifier:
         return sorted(range(len(dataset)), key=lambda i: sum(len(str(c[i])) for c in cols))
 
     def predict_proba(self, dataset, batch_size: int = 32, progress: bool = False,
-                      precision: str | None = None) -> np.ndarray:
+                      precision: str | None = None, report: bool = False) -> np.ndarray:
         """Class probabilities (N, C) over a ``datasets.Dataset``, in eval mode, batched by length;
-        ``precision`` overrides the classifier's own for this call (e.g. fp32 test predictions)."""
+        ``precision`` overrides the classifier's own for this call (e.g. fp32 test predictions);
+        ``report`` tells :mod:`skillgraft.progress` how many batches are done."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if precision is not None and precision not in PRECISIONS:
@@ -240,11 +242,13 @@ class PromptClassifier:
         try:
             with torch.inference_mode():
                 starts = range(0, n, batch_size)
-                for s in tqdm(starts, desc="predict", disable=not progress, leave=False):
+                for b, s in enumerate(tqdm(starts, desc="predict", disable=not progress, leave=False)):
                     idx = order[s:s + batch_size]
                     batch = self.encode({f: [cols[f][i] for i in idx] for f in fields})
                     probs = torch.softmax(self.class_logits(batch, precision).float(), dim=-1)
                     out[idx] = probs.cpu().numpy()
+                    if report:
+                        _progress.step(b + 1, len(starts), "batches")
         finally:
             model.train(was_training)
         return out

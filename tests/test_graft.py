@@ -456,3 +456,39 @@ def test_localize_on_tiny_llama_restores_weights(tokenizer):
                                          "loss", "gd_abs_mean", "gd_abs_max", "step_abs_max", "seconds_step",
                                          "seconds_eval"]
     assert np.isfinite(res.history["loss"].iloc[1:]).all() and len(res.history) == 3
+
+
+class CountingClassifier(ToyClassifier):
+    """The toy classifier, counting the examples it scores."""
+
+    scored = 0
+
+    def accuracy(self, dataset, batch_size=32):
+        self.scored += len(dataset)
+        return super().accuracy(dataset, batch_size)
+
+
+@pytest.mark.parametrize("select", ["train+dev", "dev"])
+def test_bounded_scoring_keeps_the_mask_that_full_scoring_keeps(select):
+    """Scoring stops once a mask cannot beat the kept one: same kept mask and epoch as scoring
+    every mask in full, fewer examples scored, and the skipped accuracies marked NaN."""
+    kept, skipped = set(), 0
+    for seed, lr in [(4, 1e7), (6, 1e7), (7, 3e6), (9, 3e6)]:
+        runs = {}
+        for score_all in (True, False):
+            clf, delta, train, dev = toy_problem(seed)
+            clf.__class__ = CountingClassifier
+            cfg = GraftConfig(sparsity=8 / 72, lr=lr, epochs=6, batch_size=16, eval_batch_size=8, select=select,
+                              score_all=score_all)
+            runs[score_all] = (localize(clf, delta, train, dev, cfg, progress=False), clf.scored)
+        (full, n_full), (lazy, n_lazy) = runs[True], runs[False]
+        assert lazy.best_epoch == full.best_epoch and lazy.mask.equal(full.mask)
+        assert full.history[["train_acc", "dev_acc"]].notna().all().all()
+        for col in ("train_acc", "dev_acc"):  # what was scored is what full scoring measured
+            known = lazy.history[col].notna()
+            assert (lazy.history.loc[known, col] == full.history.loc[known, col]).all()
+        assert lazy.history.loc[0, ["train_acc", "dev_acc"]].notna().all()  # the first mask: in full
+        assert n_lazy <= n_full
+        skipped += n_full - n_lazy
+        kept.add(full.best_epoch)
+    assert skipped > 0 and len(kept) > 1  # the bound did cut work, on problems that keep different epochs

@@ -145,3 +145,36 @@ def test_continual_shares_its_first_stage(setting):
     stage1 = lab.delta_spec(["mr", "cr"], setting.k, 13, setting.finetune, mode="sequential", stage=1)
     assert lab.store.load_meta("delta", stage1)["history"][0]["task"] == 1
     assert lab.store.load_meta("delta", {**stage1, "stage": 0}) is None  # stage 0 lives under the single spec only
+
+
+def test_computations_report_their_stage(setting, monkeypatch):
+    """Each fine-tune, localization and prediction the lab computes names itself for the
+    progress display; one served from the store reports nothing."""
+    from skillgraft import progress
+
+    seen = []
+    monkeypatch.setenv(progress.ENV, "/dev/null")
+    monkeypatch.setattr(progress, "_write", lambda path, record: seen.append(record))
+    ex.single_task(["mr"], [13], [0.05], setting, starts=("refine",))
+    whats = {r["what"] for r in seen}
+    assert "fine-tuning mr, seed 13" in whats and "localizing mr (refine), seed 13" in whats
+    assert any(w.startswith("predicting mr test, 12 examples") for w in whats)
+    steps = [r for r in seen if r["what"] == "fine-tuning mr, seed 13" and r["total"]]
+    assert [r["done"] for r in steps] == [1, 2, 3, 4] and steps[-1]["total"] == 4
+    seen.clear()
+    lab_module._LABS.clear()
+    ex.single_task(["mr"], [13], [0.05], setting, starts=("refine",))
+    assert seen == []
+
+
+def test_caveats_name_seeds_fit_equal_masks_and_gain(setting):
+    res = ex.single_task(["mr"], [13, 21], [0.05], setting, starts=("refine",))
+    text = ex.caveats(res, setting, start="refine")
+    assert text.startswith("2 data seeds × 12 test examples per task")
+    fits = bool(res.regime["fit"].all())
+    assert ("every kept checkpoint fits its train set" in text) == fits
+    same = int(res.grafts["equals_top_movement"].sum())
+    assert (f"{same} of 2 grafts equal their top-movement mask" in text) == (same > 0)
+    acc = res.results.groupby("variant")["accuracy"].mean()
+    assert f"fine-tuning gained {100 * (acc['fine-tuned'] - acc['zero-shot']):+.1f} points" in text
+    assert ex.caveats(res, setting, seeds=[13]).startswith("one data seed (13): no interval")

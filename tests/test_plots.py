@@ -119,10 +119,12 @@ def _bins_frame():
 def test_reliability_diagrams(tmp_path):
     df = _bins_frame()
     fig = plots.reliability_diagrams(df)
-    assert len(fig.axes) == 2 * 2 and all(_titles(fig))
-    assert all("ECE = " in ax.get_title() for ax in fig.axes)
+    shown = [ax for ax in fig.axes if ax.get_visible()]  # one panel per task and variant, 3 to a row
+    assert len(shown) == 2 * 2 and len(fig.axes) == 6 and all(ax.get_title() for ax in shown)
+    assert all("ECE = " in ax.get_title() for ax in shown)
+    assert fig.get_figwidth() <= 7.5  # within the book's text width: shown at its own size
     fig2 = plots.reliability_diagrams(df, ece={("sst2", "graft"): 0.123})
-    assert "ECE = 0.123" in fig2.axes[1].get_title()  # row sst2, column graft
+    assert "ECE = 0.123" in fig2.axes[1].get_title() and "sst2 · graft" in fig2.axes[1].get_title()
     _save(fig, tmp_path, "reliability")
 
 

@@ -1,0 +1,58 @@
+"""What the first code cell of every chapter does, in one call: ``setting = notebook.setup(globals())``.
+
+It quiets warnings and progress bars that would clutter a committed notebook, sets the
+display of tables (three decimals, "—" for a missing value) and of figures (SVG, with
+text kept as text and stable ids, so a rerun gives the same figure back and it stays sharp
+on any screen), and gathers the parameter cell's names into a :class:`Setting`.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Mapping
+
+from .experiments import Setting
+
+__all__ = ["setup", "elapsed", "show_figure"]
+
+_started: float | None = None
+
+
+def setup(namespace: Mapping[str, object]) -> Setting:
+    """Prepare a chapter: ``namespace`` is the notebook's ``globals()`` after the parameter cell."""
+    global _started
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import matplotlib
+    import pandas as pd
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    pd.set_option("display.precision", 3)
+    pd.set_option("styler.format.precision", 3)
+    pd.set_option("styler.format.na_rep", "—")
+    matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "skillgraft"})
+    try:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+        set_matplotlib_formats("svg")
+    except ImportError:  # outside IPython: figures are not displayed anyway
+        pass
+    _started = time.perf_counter()
+    return Setting.from_params(**{k: v for k, v in dict(namespace).items() if not k.startswith("_")})
+
+
+def elapsed() -> float:
+    """Seconds since :func:`setup`."""
+    if _started is None:
+        raise RuntimeError("notebook.setup() was not called")
+    return time.perf_counter() - _started
+
+
+def show_figure(name: str, fig) -> None:
+    """Glue ``fig`` under ``name`` for a ``{glue:figure}`` with its caption and alt text, and
+    close it, so the cell does not show it a second time."""
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    glue(name, fig, display=False)
+    plt.close(fig)
