@@ -5,7 +5,8 @@ An artifact's key is the sha256 of the canonical JSON of everything that produce
 computes it* (:data:`CODE_MODULES`): a change to fine-tuning, localization or prediction
 code misses the cache, while a change to plots, metrics or prose does not. An entry is a folder holding
 ``tensors.safetensors`` (optional) and ``meta.json``; ``meta.json`` records the spec and
-the sha256 of the tensor file. Entries are written to a temporary folder and renamed
+the sha256 of the tensor file and the order of its tensors (a loaded delta iterates its
+parameters as the computed one did: seeded draws over them depend on it). Entries are written to a temporary folder and renamed
 into place, so a reader never sees half an entry; an entry whose checksum does not
 match is logged, removed and recomputed, never used.
 """
@@ -106,6 +107,9 @@ class Store:
                 if assets.sha256_file(path / TENSORS) != meta["tensors_sha256"]:
                     raise ValueError("tensor file checksum mismatch")
                 tensors = load_file(path / TENSORS)
+                order = meta.get("order")  # the file keeps names sorted; give the tensors back as they were saved
+                if order is not None:
+                    tensors = {name: tensors[name] for name in order}
         except (OSError, ValueError, KeyError) as err:  # json.JSONDecodeError is a ValueError
             log.warning("cache entry %s is corrupted (%s); removing it and recomputing", path, err)
             shutil.rmtree(path, ignore_errors=True)
@@ -134,11 +138,14 @@ class Store:
                 save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / TENSORS)
                 digest = assets.sha256_file(tmp / TENSORS)
             record = {"spec": _jsonable(spec), "skillgraft": __version__, "code": code_hash(), "tensors_sha256": digest,
-                      "data": _jsonable(meta or {})}
+                      "order": list(tensors) if tensors else None, "data": _jsonable(meta or {})}
             (tmp / META).write_text(json.dumps(record, sort_keys=True, indent=2))
-            if final.exists():  # a concurrent writer won; ours is identical by construction
-                shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:  # a concurrent writer's entry is in place: keep it (ours is identical by construction)
+                if not (final / META).is_file():
+                    raise
+                record = json.loads((final / META).read_text())
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return Entry(tensors=dict(tensors or {}), meta=record["data"], path=final)

@@ -148,12 +148,26 @@ def check_parameters(path: Path, given: dict) -> dict:
 def _parse_params(pairs: list[list[str]], files: list[str]) -> dict:
     params: dict = {}
     for file in files:
-        data = yaml.safe_load(Path(file).read_text()) or {}
+        try:
+            text = Path(file).read_text()
+        except OSError as err:
+            raise UsageError(f"cannot read parameter file {file}: {err.strerror or err}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            raise UsageError(f"parameter file {file} is not valid YAML{at}: "
+                             f"{getattr(err, 'problem', None) or err}") from None
         if not isinstance(data, dict):
             raise UsageError(f"parameter file {file} must hold a mapping name: value")
         params.update(data)
     for name, raw in pairs:
-        params[name] = _value(raw)
+        try:
+            params[name] = _value(raw)
+        except yaml.YAMLError as err:
+            raise UsageError(f"value of -p {name} is not valid YAML: {raw!r} "
+                             f"({getattr(err, 'problem', None) or err})") from None
     return params
 
 
@@ -214,6 +228,44 @@ def cmd_run(args) -> None:
     print(execute(path, output, params, cwd=path.parent))
 
 
+def cmd_sweep(args) -> None:
+    given = _parse_params(args.param or [], args.file or [])
+    chapters, used = [], set()
+    for name in args.chapters:
+        path = resolve_notebook(name)
+        if path.stem not in _sweepable():
+            raise UsageError(f"no sweep for {path.stem}; accepted: {', '.join(_sweepable())}")
+        defaults = notebook_parameters(path)
+        mine = {k: v for k, v in given.items() if k in defaults}
+        used |= set(mine)
+        chapters.append((path.stem, {**defaults, **check_parameters(path, mine)}))
+    unknown = sorted(set(given) - used)
+    if unknown:
+        raise UsageError(f"parameter(s) {', '.join(map(repr, unknown))} belong to none of {', '.join(c for c, _ in chapters)}")
+    for flag in ("workers", "threads"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be an integer ≥ 1, got {getattr(args, flag)}")
+    if args.dry_run:
+        for name, params in chapters:
+            print(f"{name}: parameters OK: {params}")
+        return
+    from . import sweep
+
+    client = None
+    if args.scheduler:
+        from dask.distributed import Client
+        client = Client(args.scheduler)
+    report = sweep.sweep(chapters, client=client, workers=args.workers, threads=args.threads)
+    if report.failed:
+        raise SystemExit(f"sweep: {len(report.failed)} step(s) failed (keys and tracebacks above); "
+                         "a rerun computes only what is missing")
+
+
+def _sweepable() -> tuple[str, ...]:
+    from .sweep import CHAPTERS
+    return tuple(CHAPTERS)
+
+
 def cmd_book(args) -> None:
     root = repo_root()
     if not args.no_execute:
@@ -262,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="output notebook path (default: OUTPUT_DIR/NAME.ipynb)")
     run.add_argument("--dry-run", action="store_true", help="check the parameters and stop")
     run.set_defaults(func=cmd_run)
+    sw = sub.add_parser("sweep", help="compute the chapters' fine-tunes, grafts and predictions on a Dask cluster")
+    sw.add_argument("chapters", nargs="+", help="e.g. 01 02, or 01_single_task_grafting")
+    sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="a parameter for every chapter that has it, read as YAML")
+    sw.add_argument("-f", "--file", action="append", help="a YAML parameter file")
+    sw.add_argument("--scheduler", help="address of a running Dask scheduler (default: a LocalCluster here)")
+    sw.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
+    sw.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    sw.add_argument("--dry-run", action="store_true", help="check the parameters and stop")
+    sw.set_defaults(func=cmd_sweep)
     book = sub.add_parser("book", help="execute the notebooks and build the book")
     book.add_argument("--no-execute", action="store_true", help="build from the committed outputs")
     book.set_defaults(func=cmd_book)

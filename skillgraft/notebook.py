@@ -31,6 +31,7 @@ def setup(namespace: Mapping[str, object]) -> Setting:
     pd.set_option("display.precision", 3)
     pd.set_option("styler.format.precision", 3)
     pd.set_option("styler.format.na_rep", "—")
+    _missing_as_dash()
     matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "skillgraft"})
     try:
         from matplotlib_inline.backend_inline import set_matplotlib_formats
@@ -39,6 +40,26 @@ def setup(namespace: Mapping[str, object]) -> Setting:
         pass
     _started = time.perf_counter()
     return Setting.from_params(**{k: v for k, v in dict(namespace).items() if not k.startswith("_")})
+
+
+def _missing_as_dash() -> None:
+    """A styled table's ``.format(...)`` shows a missing value as the option's "—" unless it
+    names its own ``na_rep`` (pandas applies the option only to columns it formats itself)."""
+    import pandas as pd
+    from pandas.io.formats.style import Styler
+
+    if getattr(Styler.format, "_skillgraft", False):
+        return
+    original = Styler.format
+
+    def format(self, formatter=None, subset=None, na_rep=None, *args, **kwargs):
+        if na_rep is None:
+            na_rep = pd.get_option("styler.format.na_rep")
+        return original(self, formatter, subset, na_rep, *args, **kwargs)
+
+    format._skillgraft = True
+    format.__doc__ = original.__doc__
+    Styler.format = format
 
 
 def elapsed() -> float:

@@ -148,3 +148,34 @@ def test_stale_entries_are_listed_and_pruned(tmp_path, monkeypatch):
     assert sorted(e["stale"] for e in store.entries()) == [False, True]
     assert store.prune() > 0
     assert [e["stale"] for e in store.entries()] == [False] and store.load("mask", {"task": "cr"}) is not None
+
+
+def test_a_concurrent_writer_that_lands_first_is_kept(tmp_path, monkeypatch):
+    """Two processes finishing the same key: the second rename fails on the first's entry,
+    which stays in place, whole; no temporary folder is left."""
+    import os
+
+    store = Store(tmp_path)
+    spec = {"task": "mr", "seed": 13}
+    first = store.save("delta", spec, {"w": torch.ones(3)}, {"who": "first"})
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == first.path:
+            raise OSError(39, "Directory not empty")
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    second = store.save("delta", spec, {"w": torch.ones(3)}, {"who": "second"})
+    assert second.meta == {"who": "first"} and store.load("delta", spec).meta == {"who": "first"}
+    assert sorted(p.name for p in (tmp_path / "delta").iterdir()) == [first.path.name]
+
+
+def test_tensors_come_back_in_the_order_they_were_saved(tmp_path):
+    """safetensors keeps names sorted ("layers.10" before "layers.2"); a loaded delta must iterate
+    its parameters as the computed one did, since seeded draws over them (random masks, the
+    initial scores of a graft) follow that order."""
+    store = Store(tmp_path)
+    names = ["layers.2.q", "layers.10.q", "layers.1.v", "layers.1.a"]
+    store.save("delta", {"x": 1}, {n: torch.full((2,), float(i)) for i, n in enumerate(names)})
+    loaded = store.load("delta", {"x": 1}).tensors
+    assert list(loaded) == names and [float(t[0]) for t in loaded.values()] == [0.0, 1.0, 2.0, 3.0]

@@ -79,3 +79,21 @@ def test_bad_values_are_refused_before_any_compute(pairs, message, capsys):
     argv = ["run", "01_single_task_grafting", "--dry-run"] + [a for p in pairs for a in ["-p", *p]]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seeds: [13, 42\n", r"parameter file .*bad\.yaml is not valid YAML \(line 2, column 1\)"),
+    ("- 13\n- 42\n", r"parameter file .*bad\.yaml must hold a mapping name: value"),
+])
+def test_bad_parameter_files_name_the_file(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(cli.UsageError, match=message):
+        cli._parse_params([], [str(bad)])
+
+
+def test_missing_parameter_file_and_bad_values_are_usage_errors(tmp_path):
+    with pytest.raises(cli.UsageError, match=r"cannot read parameter file .*nope\.yaml"):
+        cli._parse_params([], [str(tmp_path / "nope.yaml")])
+    with pytest.raises(cli.UsageError, match=r"value of -p seeds is not valid YAML: '\[13, 42'"):
+        cli._parse_params([["seeds", "[13, 42"]], [])

@@ -1,0 +1,410 @@
+"""Sweeps that outgrow one machine: the chapters' cached steps computed on a Dask cluster.
+
+The unit of work is the compendium's own: a stored step (a fine-tune, a localized graft,
+a prediction). A sweep expands chapters and their parameters into the distinct steps they
+need, computes them on Dask workers into the store every worker sees, and leaves the
+chapters themselves to read them in seconds (``skillgraft run`` then says "nothing
+computed").
+
+How the steps are found: each chapter's experiment function runs in *planning* mode
+(:func:`plan`), against a copy of the lab whose store never writes and whose computing
+steps record what they would compute and hand back stand-ins (a zero delta, a one-entry
+mask, uniform probabilities). Steps that depend on computed values (a baseline mask of a
+graft's final size, the predictions of it) are only recorded once those values are real,
+so a sweep runs in waves: plan, compute in parallel, plan again, until nothing is missing.
+A shared step (chapters 01 and 02 share their fine-tunes) is computed once.
+
+Each Dask task computes one step into the store under a file lock (concurrent workers on
+one key: one computes, the others read), and returns the step's key, never a tensor.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import fcntl
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+__all__ = ["Step", "CHAPTERS", "plan", "sweep", "compute_step"]
+
+log = logging.getLogger(__name__)
+
+
+def _chapter_01(p, s):
+    from . import experiments as ex
+    return ex.single_task(p["tasks"], p["seeds"], p["sparsities"], s)
+
+
+def _chapter_02(p, s):
+    from . import experiments as ex
+    return ex.calibration(p["tasks"], p["seeds"], p["claim_sparsity"], s, n_bins=p["ece_bins"])
+
+
+def _chapter_03(p, s):
+    from . import experiments as ex
+    return ex.ood(p["sources"], p["targets"], p["seeds"], p["claim_sparsity"], s)
+
+
+def _chapter_04(p, s):
+    from . import experiments as ex
+    return ex.multitask(p["tasks"], p["seed"], p["claim_sparsity"], s, compare_bases=p["compare_bases"])
+
+
+def _chapter_05(p, s):
+    from . import experiments as ex
+    return ex.continual(p["sequence"], p["seeds"], p["claim_sparsity"], s, with_multitask=p["with_multitask"])
+
+
+# the experiment each chapter runs, as its notebook calls it (a unit test checks the notebooks' calls)
+CHAPTERS: dict[str, Callable] = {
+    "01_single_task_grafting": _chapter_01,
+    "02_calibration": _chapter_02,
+    "03_ood": _chapter_03,
+    "04_multitask": _chapter_04,
+    "05_continual_learning": _chapter_05,
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stored step: ``kind`` ("delta", "mask" or "probs"), the store key it lands under,
+    the lab call that computes it, and the keys of the planned steps it needs first."""
+
+    kind: str
+    key: str
+    call: tuple            # ("delta", spec) | ("mask", spec) | ("predict", args, kwargs)
+    label: str
+    needs: tuple[str, ...] = ()
+    lab: tuple = ()        # (name, value) pairs of the lab it runs in: model, device, max_length, ...
+
+
+# ----------------------------------------------------------------------------- planning
+class _Missing(Exception):
+    def __init__(self, kind: str, spec: dict):
+        super().__init__(kind)
+        self.kind, self.spec = kind, spec
+
+
+class _PlanningStore:
+    """The real store, read-only: writes go to memory, a missing prediction raises :class:`_Missing`."""
+
+    def __init__(self, store):
+        self.real, self.root, self.memory = store, store.root, {}
+
+    def _key(self, kind, spec):
+        from .cache import spec_key
+        return kind, spec_key(spec)
+
+    def load(self, kind, spec):
+        if self._key(kind, spec) in self.memory:
+            return self.memory[self._key(kind, spec)]
+        entry = self.real.load_meta(kind, spec) is not None and self.real.load(kind, spec)
+        if entry:
+            return entry
+        if kind == "probs":
+            raise _Missing(kind, spec)
+        return None
+
+    def load_meta(self, kind, spec):
+        if self._key(kind, spec) in self.memory:
+            return self.memory[self._key(kind, spec)].meta
+        return self.real.load_meta(kind, spec)
+
+    def save(self, kind, spec, tensors=None, meta=None):
+        from .cache import Entry, _jsonable
+        entry = Entry(tensors=dict(tensors or {}), meta=_jsonable(meta or {}))
+        self.memory[self._key(kind, spec)] = entry
+        return entry
+
+    def get_or_compute(self, kind, spec, compute):
+        entry = self.load(kind, spec)
+        if entry is not None:
+            return entry
+        tensors, meta = compute()
+        return self.save(kind, spec, tensors, meta)
+
+
+def _nested(spec, kinds=("delta", "mask")) -> Iterator[tuple[str, dict]]:
+    """The stored specs a (possibly derived) delta or mask spec is made of."""
+    if not isinstance(spec, dict):
+        return
+    if "of" in spec:  # δ_a − δ_b
+        yield from _nested(spec["of"])
+        yield from _nested(spec.get("minus"))
+    elif "stitch" in spec:
+        for part in spec["stitch"]:
+            yield from _nested(part)
+    elif "how" in spec:  # a mask: graft (stored) or a baseline computed from its delta
+        if spec["how"] == "graft":
+            yield "mask", spec
+            if spec.get("base"):
+                yield from _nested(spec["base"])
+        yield from _nested(spec["delta"])
+    elif "finetune" in spec:
+        yield "delta", spec
+
+
+def _previous_stage(lab, spec: dict) -> dict | None:
+    if spec.get("mode") != "sequential" or not spec.get("stage"):
+        return None
+    from .finetune import FinetuneConfig
+    return lab.delta_spec(spec["tasks"], spec["k"], spec["seed"], FinetuneConfig(**spec["finetune"]),
+                          "sequential", spec["stage"] - 1)
+
+
+class _Planner:
+    """Records the steps a chapter would compute, in the order it needs them."""
+
+    def __init__(self, lab):
+        from .cache import spec_key
+        self.lab, self.key = lab, spec_key
+        self.steps: dict[str, Step] = {}
+        self.stand_in = False  # a stand-in was handed out in this pass: later predictions are not real yet
+        self.lab_params: tuple = ()
+
+    def add(self, kind: str, spec: dict, call: tuple, label: str, needs: list[tuple[str, dict]]) -> None:
+        key = self.key(spec)
+        if key not in self.steps:
+            self.steps[key] = Step(kind, key, call, label, tuple(dict.fromkeys(self.key(s) for _, s in needs)),
+                                   self.lab_params)
+
+    def recording_lab(self):
+        import torch
+
+        from . import graft as gr
+        from .cache import Entry
+
+        lab, planner = copy.copy(self.lab), self
+        lab._deltas, lab._masks = {}, {}
+        lab.store = _PlanningStore(self.lab.store)
+        params = gr.graftable_parameters(lab.lm.model)
+        zeros = {n: torch.zeros_like(p, requires_grad=False) for n, p in params.items()}
+
+        def missing(kind: str, spec: dict) -> bool:  # not in the real store (planned in this pass, or not yet)
+            return self.lab.store.load_meta(kind, spec) is None
+
+        def finetune(spec):
+            prev = _previous_stage(lab, spec)
+            needs = [("delta", prev)] if prev is not None and missing("delta", prev) else []
+            planner.add("delta", spec, ("delta", spec), f"fine-tune {'+'.join(spec['tasks'])} seed {spec['seed']}"
+                        + (f" stage {spec['stage']}" if spec.get("stage") else ""), needs)
+            planner.stand_in = True
+            return lab.store.save("delta", spec, zeros, {"history": [], "stand_in": True, "fit": True})
+
+        def localize(spec, delta):
+            needs = [(k, s) for k, s in _nested(spec["delta"]) if missing(k, s)]
+            if spec.get("base"):
+                needs += [(k, s) for k, s in _nested(spec["base"]) if missing(k, s)]
+            planner.add("mask", spec, ("mask", spec), f"localize {spec['task']} seed {spec['delta']['seed']}", needs)
+            planner.stand_in = True
+            first = next(iter(params))
+            positions = {n: torch.zeros(1 if n == first else 0, dtype=torch.long) for n in params}
+            row = {"epoch": 0, "count": 1, "sparsity": 0.0, "added": 0, "removed": 0, "train_acc": np.nan,
+                   "dev_acc": np.nan}
+            return lab.store.save("mask", spec, positions, {"history": [row], "count": 1, "best_epoch": 0,
+                                                             "sparsity": 0.0, "base_count": 1, "stand_in": True})
+
+        real_predict = lab.predict
+
+        def predict(task, variant, split="test", k=16, seed=0, prompt_task=None):
+            try:
+                return real_predict(task, variant, split=split, k=k, seed=seed, prompt_task=prompt_task)
+            except _Missing as miss:
+                if not planner.stand_in:  # every input is real: the recorded spec is the one the chapter will need
+                    needs = [(kd, s) for kd, s in (*_nested(variant.delta), *_nested(variant.mask)) if missing(kd, s)]
+                    key = planner.key(miss.spec)
+                    if key not in planner.steps:
+                        planner.steps[key] = Step("probs", key, ("predict", (task, variant),
+                                                                 dict(split=split, k=k, seed=seed, prompt_task=prompt_task)),
+                                                  f"predict {task} {split} ({variant.name})",
+                                                  tuple(dict.fromkeys(planner.key(s) for _, s in needs)),
+                                                  planner.lab_params)
+                n = len(lab.splits(task, k, seed)[split])
+                c = lab.classifier(prompt_task or task).num_classes
+                return np.full((n, c), 1.0 / c), np.zeros(n, dtype=int)
+
+        lab._finetune, lab._localize, lab.predict = finetune, localize, predict
+        return lab
+
+
+@contextlib.contextmanager
+def _lab_for_experiments(lab) -> Iterator[None]:
+    from . import experiments as ex
+    real = ex.get_lab
+    ex.get_lab = lambda *a, **k: lab
+    try:
+        yield
+    finally:
+        ex.get_lab = real
+
+
+def _setting(params: dict):
+    from .experiments import Setting
+    return Setting.from_params(**params)
+
+
+def plan(chapters: list[tuple[str, dict]]) -> tuple[list[Step], bool]:
+    """The steps that ``chapters`` ([(chapter name, full parameters)]) still need, in order,
+    and whether the planning pass ran through (False: it stopped on a stand-in; plan again
+    after computing these)."""
+    planner, complete = None, True
+    for name, params in chapters:
+        setting = _setting(params)
+        real = setting.lab()
+        planner = planner or _Planner(real)
+        planner.lab, planner.stand_in, planner.lab_params = real, False, tuple(sorted(_lab_params(params).items()))
+        lab = planner.recording_lab()
+        with _lab_for_experiments(lab), np.errstate(all="ignore"):
+            try:
+                CHAPTERS[name](params, setting)
+            except Exception as err:  # a stand-in went where a real value was needed: the next wave has it
+                if not planner.stand_in:
+                    raise
+                log.info("planning %s stopped on a stand-in (%s: %s)", name, type(err).__name__, err)
+                complete = False
+    return (list(planner.steps.values()) if planner else []), complete
+
+
+# ----------------------------------------------------------------------------- computing
+@contextlib.contextmanager
+def _locked(store_root: Path, key: str) -> Iterator[None]:
+    """One process at a time computes ``key``: an exclusive lock file beside the store's entries."""
+    folder = Path(store_root) / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{key}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def compute_step(step: Step, home: str | None = None, threads: int | None = None, *needed) -> str:
+    """Compute ``step`` into the store (a Dask task; also usable serially); returns its key.
+    ``needed`` are the results of the steps it depends on (Dask waits for them)."""
+    if home:
+        os.environ["SKILLGRAFT_HOME"] = home
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    lab = _setting(dict(step.lab)).lab()
+    with _locked(lab.store.root, step.key):  # a concurrent worker on the same key: wait, then read its entry
+        kind, *args = step.call
+        if kind == "delta":
+            lab.delta(args[0])
+        elif kind == "mask":
+            lab.mask(args[0])
+        else:
+            lab.predict(*args[0], **args[1])
+    return step.key
+
+
+@dataclass
+class SweepReport:
+    steps: list[Step] = field(default_factory=list)
+    done: dict[str, int] = field(default_factory=dict)     # kind -> steps computed
+    failed: dict[str, str] = field(default_factory=dict)   # key -> traceback
+    waves: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        kinds = sorted({s.kind for s in self.steps})
+        parts = [f"{k}: {self.done.get(k, 0)}/{sum(s.kind == k for s in self.steps)} done" for k in kinds]
+        return (f"{len(self.steps)} steps in {self.waves} wave(s), {self.seconds:.0f} s; " + ", ".join(parts)
+                + (f"; {len(self.failed)} failed" if self.failed else ""))
+
+
+def _dependencies_first(steps: list[Step]) -> list[Step]:
+    """``steps`` in an order where every step comes after the planned steps it needs."""
+    by_key, done, out = {s.key: s for s in steps}, set(), []
+
+    def visit(s: Step) -> None:
+        if s.key in done:
+            return
+        done.add(s.key)
+        for k in s.needs:
+            if k in by_key:
+                visit(by_key[k])
+        out.append(s)
+    for s in steps:
+        visit(s)
+    return out
+
+
+def _lab_params(params: dict) -> dict:
+    """The parameters that decide which lab (model, device, lengths, precision) a step runs in."""
+    keep = ("model", "device", "max_length", "test_size", "precision")
+    return {k: v for k, v in params.items() if k in keep}
+
+
+def sweep(chapters: list[tuple[str, dict]], client=None, workers: int = 2, threads: int = 1,
+          home: str | None = None, stream=None, max_waves: int = 8, task: Callable = None) -> SweepReport:
+    """Compute every step ``chapters`` need on Dask: ``client`` (a ``distributed.Client``), or a
+    ``LocalCluster`` of ``workers`` processes × ``threads`` torch threads. A failed step is
+    reported with its key and traceback and the rest goes on; a rerun computes only what is
+    missing. ``task`` replaces :func:`compute_step` as the function each Dask task runs."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    task = task or compute_step
+    stream = stream or sys.stderr
+    report, start = SweepReport(), time.time()
+    own = None
+    if client is None:
+        gpu = any(str(p.get("device", "cpu")).startswith("cuda") for _, p in chapters)
+        own = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           resources={"GPU": 1} if gpu else None)
+        client = Client(own)
+    try:
+        stream.write(f"sweep: Dask dashboard at {client.dashboard_link}\n")
+        home = home or os.environ.get("SKILLGRAFT_HOME")
+        seen: set[str] = set()
+        for wave in range(1, max_waves + 1):
+            steps, complete = plan(chapters)
+            steps = [s for s in steps if s.key not in seen]
+            if not steps:
+                if not complete:
+                    raise RuntimeError("planning stopped on a stand-in but found nothing to compute")
+                break
+            report.waves, report.steps = wave, report.steps + steps
+            seen |= {s.key for s in steps}
+            counts = ", ".join(f"{sum(s.kind == k for s in steps)} {k}" for k in ("delta", "mask", "probs"))
+            stream.write(f"sweep: wave {wave}: {len(steps)} steps to compute ({counts})\n")
+            futures, by_future = {}, {}
+            for s in _dependencies_first(steps):
+                deps = [futures[k] for k in s.needs if k in futures]
+                gpu_step = str(dict(s.lab).get("device", "cpu")).startswith("cuda")
+                fut = client.submit(task, s, home, threads, *deps, key=f"{s.kind}-{s.key[:16]}-{wave}",
+                                    retries=2, pure=False, resources={"GPU": 1} if gpu_step else None)
+                futures[s.key], by_future[fut.key] = fut, s
+            finished = 0
+            for fut in as_completed(list(futures.values())):
+                s = by_future[fut.key]
+                finished += 1
+                if fut.status == "finished":
+                    report.done[s.kind] = report.done.get(s.kind, 0) + 1
+                    stream.write(f"sweep: [{finished}/{len(steps)}] done {s.kind} {s.key[:12]}: {s.label}\n")
+                else:
+                    err = fut.exception()
+                    tb = "".join(traceback.format_tb(fut.traceback())) if fut.traceback() is not None else ""
+                    report.failed[s.key] = f"{err!r}\n{tb}"
+                    stream.write(f"sweep: [{finished}/{len(steps)}] FAILED {s.kind} {s.key[:12]}: {s.label}: "
+                                 f"{err!r}\n{tb}")
+                stream.flush()
+            if report.failed:  # what depends on a failed step cannot be planned; a rerun computes what is missing
+                break
+        report.seconds = time.time() - start
+        stream.write(f"sweep: {report.summary()}\n")
+        return report
+    finally:
+        if own is not None:
+            client.close()
+            own.close()
