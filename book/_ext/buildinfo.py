@@ -56,14 +56,12 @@ def _source_read(app, docname: str, source: list[str]) -> None:
         source[0] = source[0].replace("<!-- execution table -->", execution_table())
 
 
-def _config_inited(app, config) -> None:
-    options = dict(config.html_theme_options or {})
-    footer = build_footer()
-    options["extra_footer"] = f"<p>{footer}</p>" + (options.get("extra_footer") or "")
-    config.html_theme_options = options
+def _page_context(app, pagename, templatename, context, doctree) -> None:
+    footer = app.env.__dict__.setdefault("_skillgraft_footer", build_footer())
+    context["theme_extra_footer"] = f"<p>{footer}</p>"
 
 
 def setup(app):
-    app.connect("config-inited", _config_inited)
+    app.connect("html-page-context", _page_context)
     app.connect("source-read", _source_read)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
