@@ -251,6 +251,8 @@ def cmd_sweep(args) -> None:
         return
     from . import sweep
 
+    if not args.verbose:  # Dask's own INFO lines (workers starting, connections) drown the sweep's progress
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read when distributed is imported
     client = None
     if args.scheduler:
         from dask.distributed import Client

@@ -11,7 +11,10 @@ import time
 import warnings
 from typing import Mapping
 
-from .experiments import Setting
+# before the package's modules import tqdm.auto, which warns in a kernel without ipywidgets
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+from .experiments import Setting  # noqa: E402
 
 __all__ = ["setup", "elapsed", "show_figure"]
 

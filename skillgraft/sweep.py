@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import fcntl
 import logging
 import os
@@ -247,6 +246,18 @@ def _lab_for_experiments(lab) -> Iterator[None]:
         ex.get_lab = real
 
 
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Warnings about stand-in values (e.g. a temperature fitted to uniform probabilities) are not news."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _setting(params: dict):
     from .experiments import Setting
     return Setting.from_params(**params)
@@ -263,7 +274,7 @@ def plan(chapters: list[tuple[str, dict]]) -> tuple[list[Step], bool]:
         planner = planner or _Planner(real)
         planner.lab, planner.stand_in, planner.lab_params = real, False, tuple(sorted(_lab_params(params).items()))
         lab = planner.recording_lab()
-        with _lab_for_experiments(lab), np.errstate(all="ignore"):
+        with _lab_for_experiments(lab), np.errstate(all="ignore"), _quiet("skillgraft"):
             try:
                 CHAPTERS[name](params, setting)
             except Exception as err:  # a stand-in went where a real value was needed: the next wave has it

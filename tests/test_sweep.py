@@ -92,7 +92,7 @@ def test_sweep_matches_a_serial_run_and_the_chapter_then_computes_nothing(tiny, 
     monkeypatch.setenv("SKILLGRAFT_HOME", str(serial_home))
     lab_module._LABS.clear()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker: float sums depend on how a computation is split over threads
+    torch.set_num_threads(1)  # the threads of each worker: a sweep must not depend on them either
     try:
         for name, params in chapters:
             sweep.CHAPTERS[name](params, ex.Setting.from_params(**params))
