@@ -180,7 +180,6 @@ class _Planner:
         import torch
 
         from . import graft as gr
-        from .cache import Entry
 
         lab, planner = copy.copy(self.lab), self
         lab._deltas, lab._masks = {}, {}
