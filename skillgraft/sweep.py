@@ -399,14 +399,16 @@ def sweep(chapters: list[tuple[str, dict]], client=None, workers: int = 2, threa
             for fut in as_completed(list(futures.values())):
                 s = by_future[fut.key]
                 finished += 1
+                running = len(steps) - finished
                 if fut.status == "finished":
                     report.done[s.kind] = report.done.get(s.kind, 0) + 1
-                    stream.write(f"sweep: [{finished}/{len(steps)}] done {s.kind} {s.key[:12]}: {s.label}\n")
+                    stream.write(f"sweep: [{finished}/{len(steps)}, {running} to go] done {s.kind} {s.key[:12]}: "
+                                 f"{s.label}\n")
                 else:
                     err = fut.exception()
                     tb = "".join(traceback.format_tb(fut.traceback())) if fut.traceback() is not None else ""
                     report.failed[s.key] = f"{err!r}\n{tb}"
-                    stream.write(f"sweep: [{finished}/{len(steps)}] FAILED {s.kind} {s.key[:12]}: {s.label}: "
+                    stream.write(f"sweep: [{finished}/{len(steps)}, {running} to go] FAILED {s.kind} {s.key[:12]}: {s.label}: "
                                  f"{err!r}\n{tb}")
                 stream.flush()
             if report.failed:  # what depends on a failed step cannot be planned; a rerun computes what is missing

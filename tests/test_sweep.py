@@ -162,6 +162,15 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(tiny, tmp_path, monk
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert (tmp_path / "killed").exists()  # the first attempt did die
     assert not report.failed and report.done.get("delta") == 1 and report.done.get("mask") == 2
+    other = tmp_path / "other"  # the same sweep where no worker dies: the same artifacts
+    other.mkdir()
+    (other / "corpora").symlink_to(home / "corpora")
+    monkeypatch.setenv("SKILLGRAFT_HOME", str(other))
+    lab_module._LABS.clear()
+    sweep.sweep([chapter("01", model)], workers=1, home=str(other), stream=sys.stderr)
+    kinds = ("delta", "mask", "probs")
+    assert {k: v for k, v in entries(home).items() if k[0] in kinds} == {
+        k: v for k, v in entries(other).items() if k[0] in kinds}
 
 
 def test_sweep_command_checks_parameters_before_any_compute(capsys):
