@@ -104,19 +104,14 @@ class _PlanningStore:
         return kind, spec_key(spec)
 
     def load(self, kind, spec):
-        if self._key(kind, spec) in self.memory:
-            return self.memory[self._key(kind, spec)]
-        entry = self.real.load_meta(kind, spec) is not None and self.real.load(kind, spec)
-        if entry:
-            return entry
-        if kind == "probs":
+        entry = self.memory.get(self._key(kind, spec)) or self.real.load(kind, spec)
+        if entry is None and kind == "probs":
             raise _Missing(kind, spec)
-        return None
+        return entry
 
     def load_meta(self, kind, spec):
-        if self._key(kind, spec) in self.memory:
-            return self.memory[self._key(kind, spec)].meta
-        return self.real.load_meta(kind, spec)
+        entry = self.memory.get(self._key(kind, spec))
+        return entry.meta if entry is not None else self.real.load_meta(kind, spec)
 
     def save(self, kind, spec, tensors=None, meta=None):
         from .cache import Entry, _jsonable
