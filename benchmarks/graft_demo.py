@@ -52,9 +52,9 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from skillgraft import graft
+    from skillgraft import grafting, masks, models
     from skillgraft.finetune import FinetuneConfig, finetune
-    from skillgraft.graft import GraftConfig, LocalizeResult, localize
+    from skillgraft.localization import GraftConfig, LocalizeResult, localize
     from skillgraft.models import load_lm
     from skillgraft.tasks import get_task, load_splits
 
@@ -70,7 +70,7 @@ def main() -> None:
     delta_file = args.out / "delta.safetensors" if args.out else None
     if delta_file is not None and delta_file.is_file():
         delta = load_file(str(delta_file))
-        delta = {n: delta[n] for n in graft.graftable_parameters(model)}
+        delta = {n: delta[n] for n in models.graftable_parameters(model)}
     else:
         res = finetune(clf, splits.train, splits.dev, ft_cfg)
         delta = res.delta
@@ -84,9 +84,9 @@ def main() -> None:
         return clf.accuracy(ds, batch_size=32)
 
     zero_shot = acc(splits.test)
-    with graft.apply_delta(model, delta):
+    with grafting.apply_delta(model, delta):
         fine_tuned = acc(splits.test)
-    n_graft = graft.num_graftable(model)
+    n_graft = models.num_graftable(model)
     results = [{"variant": "zero-shot", "sparsity": 0.0, "count": 0, "test_acc": zero_shot},
                {"variant": "fine-tuned", "sparsity": 1.0, "count": n_graft, "test_acc": fine_tuned}]
     search = []
@@ -96,8 +96,8 @@ def main() -> None:
             cfg = GraftConfig(sparsity=sparsity, lr=lr, epochs=args.epochs)
             stem = f"localize_s{sparsity:g}_lr{lr:g}_e{args.epochs}"
             if args.out and (args.out / f"{stem}.csv").is_file():  # resume: this run is done
-                mask = graft.Mask.load(args.out / f"{stem}.safetensors", model)
-                r = LocalizeResult(mask, graft.top_movement(delta, sparsity), pd.read_csv(args.out / f"{stem}.csv"),
+                mask = masks.Mask.load(args.out / f"{stem}.safetensors", model)
+                r = LocalizeResult(mask, masks.top_movement(delta, sparsity), pd.read_csv(args.out / f"{stem}.csv"),
                                    mask.meta["epoch"], cfg)
             else:
                 r = localize(clf, delta, splits.train, splits.dev, cfg, progress=False)
@@ -114,15 +114,15 @@ def main() -> None:
                            "s/epoch": float(h["seconds_step"].median() + h["seconds_eval"].median())})
             runs.append((kept["dev_acc"], kept["train_acc"] + kept["dev_acc"], -lr, r))
         best = max(runs, key=lambda t: t[:3])[3]
-        with graft.grafted(model, delta, best.base):
+        with grafting.grafted(model, delta, best.base):
             results.append({"variant": "top-movement", "sparsity": sparsity, "count": best.base.count,
                             "test_acc": acc(splits.test)})
-        with graft.grafted(model, delta, best.mask):
+        with grafting.grafted(model, delta, best.mask):
             results.append({"variant": f"localized (graft lr {best.config.lr:g}, epoch {best.best_epoch})",
                             "sparsity": sparsity, "count": best.mask.count, "test_acc": acc(splits.test)})
         rand = []
         for seed in range(args.random_seeds):
-            with graft.grafted(model, delta, graft.random_mask(delta, sparsity, seed=seed)):
+            with grafting.grafted(model, delta, masks.random_mask(delta, sparsity, seed=seed)):
                 rand.append(acc(splits.test))
         results.append({"variant": f"random (mean of {len(rand)} seeds, sd {np.std(rand):.3f})",
                         "sparsity": sparsity, "count": round(sparsity * n_graft), "test_acc": float(np.mean(rand))})

@@ -57,7 +57,7 @@ def memory_child(args) -> None:
     from safetensors.torch import load_file
 
     from skillgraft.finetune import FinetuneConfig, finetune
-    from skillgraft.graft import GraftConfig, localize
+    from skillgraft.localization import GraftConfig, localize
 
     runtime = status_kb("VmRSS")
     lm, clfs, splits = setup(args)
@@ -122,7 +122,7 @@ def main() -> None:
     from safetensors.torch import save_file
 
     from skillgraft.finetune import FinetuneConfig, finetune
-    from skillgraft.graft import GraftConfig, localize
+    from skillgraft.localization import GraftConfig, localize
 
     t0 = time.time()
     lm, clfs, splits = setup(args)

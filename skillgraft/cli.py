@@ -94,6 +94,12 @@ def _check_values(params: dict) -> None:
             for task in value if isinstance(value, (list, tuple)) else [value]:
                 if task not in known:
                     raise UsageError(f"parameter {name!r}: unknown task {task!r}; accepted: {', '.join(sorted(known))}")
+        if name == "model":
+            from .models import check_model
+            try:
+                check_model(value)
+            except ValueError as err:
+                raise UsageError(f"parameter 'model': {err}") from err
         if name == "device" and str(value) != "auto" and not str(value).startswith("cuda"):
             try:
                 resolve_device(value)
@@ -282,7 +288,7 @@ def cmd_book(args) -> None:
 
 
 def cmd_cache(args) -> None:
-    from .cache import default_store
+    from .store import default_store
 
     store = default_store()
     if args.clear:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import progress as _progress
-from .graft import Delta, only_graftable_trainable, snapshot
+from .grafting import Delta, only_graftable_trainable, snapshot
 
 __all__ = ["OPTIMIZERS", "FinetuneConfig", "FinetuneResult", "optimizer_groups", "finetune",
            "finetune_multitask", "finetune_sequential"]

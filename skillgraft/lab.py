@@ -1,282 +1,200 @@
-"""The cached steps every experiment is made of.
+"""The lab: one pre-trained model and the store; it resolves recipes.
 
-A :class:`Lab` holds one pre-trained model (loaded once) and the artifact store. Its
-steps — split, fine-tune, localize, predict — each return what a notebook needs and
-store it under a key that hashes everything that produced it, so notebooks that share
-settings share work: notebook 02 on notebook 01's parameters costs only cache reads.
-Grafts are applied to the one model in place and reverted exactly.
+A :class:`Lab` holds one pre-trained model (loaded once) and the store, and turns a
+:mod:`recipe <skillgraft.recipes>` into its value: from memory (the last few deltas and
+masks), else from the store, else by computing it (and storing it, for recipes with a
+kind). Chapters that share settings share work: chapter 02 on chapter 01's parameters
+costs only store reads. Grafts are applied to the one model in place and reverted exactly.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
 
-from . import finetune as ft
-from . import progress
-from . import graft as gr
 from . import tasks as tk
-from .cache import Store, default_store
-from .localization import GROW_SPARSITY, GraftConfig, localize
-from .models import load_lm
-from .prompt import PRECISIONS
+from .finetune import FinetuneConfig
+from .grafting import apply_delta, grafted
+from .localization import GROW_SPARSITY, GraftConfig
+from .masks import Mask, count_for
+from .models import graftable_parameters, load_lm, num_graftable
+from .prompt import PRECISIONS, Prompt, PromptClassifier
+from .recipes import Env, FineTune, Localized, Location, Prediction, RandomMask, Recipe, TopMovement
+from .store import Entry, Store, default_store
 
 __all__ = ["Lab", "Variant", "get_lab"]
 
 log = logging.getLogger(__name__)
 
+MEMORY = {"delta": 3, "mask": 6}  # values kept in memory per pool (deltas are model-sized)
+
 
 @dataclass(frozen=True)
 class Variant:
-    """One model to evaluate: θ_pre + γ ⊙ δ, described by the specs that produced δ and γ."""
+    """One model to evaluate: θ_pre + γ ⊙ δ, described by the recipes of δ and γ."""
 
-    name: str                  # "zero-shot", "fine-tuned", "graft", "top-movement", "random", "stitched", ...
-    delta: dict | None = None  # spec of δ (None: the pre-trained model)
-    mask: dict | None = None   # spec of γ (None with a delta: the whole delta)
+    name: str                    # "zero-shot", "fine-tuned", "graft", "top-movement", "random", "stitched", ...
+    delta: Recipe | None = None  # recipe of δ (None: the pre-trained model)
+    mask: Recipe | None = None   # recipe of γ (None with a delta: the whole delta)
     sparsity: float = float("nan")
 
 
 class Lab:
-    """One model, one store; cached experiment steps."""
+    """One model, one store; resolves recipes."""
 
     def __init__(self, model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64,
                  test_size: int = 200, store: Store | None = None, precision: str = "fp32"):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
         self.model_name, self.max_length, self.test_size, self.precision = model, max_length, test_size, precision
+        self.env = Env(model, max_length, test_size, precision)
         self.lm = load_lm(model, device=device)
+        self.graftable = graftable_parameters(self.lm.model)
         self.store = store or default_store()
-        self._deltas: dict[str, dict] = {}   # spec key -> delta, the last few in memory
-        self._masks: dict[str, gr.Mask] = {}
+        self.memory: dict[str, dict] = {pool: {} for pool in MEMORY}
+        self._classifiers: dict[tuple, PromptClassifier] = {}
 
     # ---------------------------------------------------------------- data
-    def classifier(self, task: str) -> "tk.PromptClassifier":
-        return _classifier(self, task)
+    def classifier(self, task: str) -> PromptClassifier:
+        """``task``'s prompt classifier over this lab's model."""
+        prompt = tk.get_task(task).prompt(self.lm.kind)
+        return self.prompt_classifier(prompt.template, prompt.label_words)
+
+    def prompt_classifier(self, template: str, label_words) -> PromptClassifier:
+        key = (template, tuple(label_words))
+        if key not in self._classifiers:
+            self._classifiers[key] = PromptClassifier(self.lm, Prompt(template, tuple(label_words)),
+                                                      max_length=self.max_length, precision=self.precision)
+        return self._classifiers[key]
 
     def splits(self, task: str, k: int, seed: int) -> tk.Splits:
         """Seeded k-shot train/dev and the fixed test split (of ``self.test_size``)."""
         return _splits(task, k, seed, self.test_size)
 
-    def _base(self, **spec) -> dict:
-        return {"model": self.model_name, "max_length": self.max_length, "test_size": self.test_size,
-                "precision": self.precision, **spec}
+    # ---------------------------------------------------------------- recipes of this lab
+    def fine_tune(self, tasks: list[str] | str, k: int, seed: int, cfg: FinetuneConfig, mode: str = "single",
+                  stage: int | None = None) -> FineTune:
+        return FineTune(self.env, tasks, k, seed, cfg, mode, stage)
 
-    # ---------------------------------------------------------------- fine-tuning
-    def delta_spec(self, tasks: list[str] | str, k: int, seed: int, cfg: ft.FinetuneConfig,
-                   mode: str = "single", stage: int | None = None) -> dict:
-        """What identifies a fine-tuned delta: tasks, k, data seed, config, and mode
-        ("single", "multitask", or "sequential" with the stage index).
+    def graft(self, delta: Recipe, task: str, sparsity: float, cfg: GraftConfig, base: Recipe | None = None,
+              k: int | None = None, seed: int | None = None) -> Localized:
+        """The graft of ``delta`` localized on ``task`` at ``sparsity`` (the data seed and k are
+        the delta's unless given, as for a difference of deltas). A grown graft starts from the
+        same tiny patch at any target (``sparsity`` is then not used)."""
+        from dataclasses import replace
+        if cfg.start == "grow":
+            sparsity = GROW_SPARSITY
+        k = k if k is not None else delta.k
+        seed = seed if seed is not None else delta.seed
+        return Localized(delta, task, k, seed, replace(cfg, sparsity=sparsity), base)
 
-        Stage 0 of a sequence *is* the single-task fine-tune of its first task (the same
-        steps on the same batches), so it gets that spec and shares its cache entry."""
-        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-        if mode == "sequential" and stage == 0:
-            mode, stage, tasks = "single", None, tasks[:1]
-        return self._base(tasks=tasks, k=k, seed=seed, finetune=asdict(cfg), mode=mode, stage=stage)
+    # ---------------------------------------------------------------- resolving
+    def resolve(self, recipe: Recipe):
+        """The value of ``recipe``: from memory, the store, or computed (and stored)."""
+        memo = self.memory.get(recipe.pool)
+        if memo is not None and recipe.key in memo:
+            return memo[recipe.key]
+        if recipe.kind is None:
+            value = recipe.compute(self)
+        else:
+            value = recipe.value(self.store.load(recipe) or self._compute(recipe), self)
+        if memo is not None:
+            memo[recipe.key] = value
+            while len(memo) > MEMORY[recipe.pool]:
+                memo.pop(next(iter(memo)))
+        return value
 
-    def delta(self, spec: dict) -> dict[str, torch.Tensor]:
-        """The delta for ``spec``: from memory, the store, or by fine-tuning.
+    def _compute(self, recipe: Recipe) -> Entry:
+        tensors, meta = recipe.compute(self)
+        return self.store.save(recipe, tensors, meta)
 
-        Two derived kinds are computed from others and kept in memory only:
-        ``{"of": a, "minus": b}`` is δ_a − δ_b (a stage's own update in continual
-        learning), and ``{"stitch": [mask specs]}`` merges those grafts (:func:`graft.stitch`).
-        """
-        key = repr(sorted((k, repr(v)) for k, v in spec.items()))
-        if key in self._deltas:
-            return self._deltas[key]
-        if "of" in spec or "stitch" in spec:
-            if "of" in spec:
-                value = self.delta(spec["of"])
-                if spec["minus"] is not None:
-                    minus = self.delta(spec["minus"])
-                    value = {n: v - minus[n] for n, v in value.items()}
-            else:
-                parts = dict(enumerate(spec["stitch"]))
-                value = gr.stitch({i: self.mask(m) for i, m in parts.items()},
-                                  {i: self.delta(m["delta"]) for i, m in parts.items()}).delta
-            self._remember(self._deltas, key, value)
-            return value
-        entry = self.store.load("delta", spec) or self._finetune(spec)
-        self._remember(self._deltas, key, entry.tensors)
-        return entry.tensors
+    def delta(self, recipe: Recipe) -> dict[str, torch.Tensor]:
+        return self.resolve(recipe)
 
-    def delta_meta(self, spec: dict) -> dict:
-        """Fine-tuning history and best dev accuracy of the delta for ``spec``."""
-        return self._meta("delta", spec)
+    def mask(self, recipe: Recipe) -> Mask:
+        return self.resolve(recipe)
 
-    def _meta(self, kind: str, spec: dict) -> dict:
-        """The stored metadata of a delta or graft mask, computing the artifact first if it is not stored."""
-        meta = self.store.load_meta(kind, spec)
+    def meta(self, recipe: Recipe) -> dict:
+        """The stored metadata of ``recipe`` (a fine-tune's history, a graft's), computing it if needed."""
+        meta = self.store.load_meta(recipe)
         if meta is None:
-            (self.delta if kind == "delta" else self.mask)(spec)
-            meta = self.store.load_meta(kind, spec)
+            self.resolve(recipe)
+            meta = self.store.load_meta(recipe)
         return meta
 
-    def _finetune(self, spec: dict):
-        """Fine-tune for ``spec``, store the delta(s) and return the entry of ``spec``."""
-        what = {"single": "fine-tuning", "multitask": "multi-task fine-tuning", "sequential": "sequential fine-tuning"}
-        with progress.stage(f"{what[spec['mode']]} {' → '.join(spec['tasks'])}, seed {spec['seed']}"):
-            return self._finetune_now(spec)
-
-    def _finetune_now(self, spec: dict):
-        cfg = ft.FinetuneConfig(**spec["finetune"])
-        items = []
-        for task in spec["tasks"]:
-            s = self.splits(task, spec["k"], spec["seed"])
-            items.append((self.classifier(task), s.train, s.dev))
-        if spec["mode"] == "single":
-            results = [ft.finetune(*items[0], cfg, progress=False)]
-        elif spec["mode"] == "multitask":  # the step budget is per task: each step trains one task
-            n = len(items)
-            results = [ft.finetune_multitask(items, replace(cfg, steps=cfg.steps * n, eval_every=cfg.eval_every * n),
-                                             progress=False)]
-        else:  # sequential: stage 0 is the single-task delta; every later stage is stored under its own spec
-            first = self.delta(self.delta_spec(spec["tasks"], spec["k"], spec["seed"], cfg, "sequential", 0))
-            results = ft.finetune_sequential(items, cfg, progress=False, done=[first])
-        wanted = None
-        for i, res in enumerate(results):
-            stage_spec = spec if spec["mode"] != "sequential" else {**spec, "stage": i + 1}
-            meta = {"history": res.history.to_dict("records"), **res.regime()}
-            entry = self.store.save("delta", stage_spec, res.delta, meta)
-            if stage_spec == spec:
-                wanted = entry
-        return wanted
-
     # ---------------------------------------------------------------- masks
-    def mask_spec(self, delta_spec: dict, how: str, sparsity: float, task: str | None = None,
-                  cfg: GraftConfig | None = None, base: dict | None = None, seed: int = 0) -> dict:
-        """``how`` is "graft" (localized on ``task``'s data, on top of the delta ``base``
-        if given), "top-movement" or "random"."""
-        if how not in ("graft", "top-movement", "random"):
-            raise ValueError(f"unknown mask kind {how!r}; accepted: graft, top-movement, random")
-        if how == "graft" and cfg.start == "grow":  # a grown graft starts from the same tiny patch at any target
-            sparsity = GROW_SPARSITY
-        spec = {"delta": delta_spec, "how": how, "sparsity": sparsity}
-        if how == "graft":
-            spec.update(task=task, graft=asdict(replace(cfg, sparsity=sparsity)), base=base)
-        if how == "random":
-            spec.update(seed=seed)
-        return spec
+    def sized_like(self, graft: Localized, how: str, seed: int = 0) -> Recipe:
+        """The ``how`` mask ("top-movement" or "random") of the graft's *final* size, so that no
+        method wins by being bigger (a graft can grow past its base patch)."""
+        if how not in ("top-movement", "random"):
+            raise ValueError(f"unknown baseline {how!r}; accepted: top-movement, random")
+        count, total = self.mask_count(graft), num_graftable(self.lm.model)
+        sparsity = graft.sparsity if count_for(graft.sparsity, total) == count else count / total
+        return TopMovement(graft.delta, sparsity) if how == "top-movement" else RandomMask(graft.delta, sparsity, seed)
 
-    def mask(self, spec: dict) -> gr.Mask:
-        key = repr(sorted((k, repr(v)) for k, v in spec.items()))
-        if key in self._masks:
-            return self._masks[key]
-        if spec["how"] == "top-movement":
-            mask = gr.top_movement(self.delta(spec["delta"]), spec["sparsity"])
-        elif spec["how"] == "random":
-            mask = gr.random_mask(self.delta(spec["delta"]), spec["sparsity"], seed=spec["seed"])
-        else:
-            entry = self.store.load("mask", spec) or self._localize(spec, self.delta(spec["delta"]))
-            mask = gr.Mask.from_positions(entry.tensors, gr.graftable_parameters(self.lm.model), meta=entry.meta)
-        self._remember(self._masks, key, mask, keep=6)
-        return mask
-
-    def sized_like(self, graft_spec: dict, how: str, seed: int = 0) -> dict:
-        """The spec of a ``how`` mask ("top-movement" or "random") of the graft's *final* size,
-        so that no method wins by being bigger (a graft can grow past its base patch)."""
-        count, total = self.mask_count(graft_spec), gr.num_graftable(self.lm.model)
-        same = gr._count_for(graft_spec["sparsity"], total) == count
-        return self.mask_spec(graft_spec["delta"], how, graft_spec["sparsity"] if same else count / total, seed=seed)
-
-    def mask_count(self, spec: dict) -> int:
+    def mask_count(self, recipe: Recipe) -> int:
         """|γ| without building the mask where it is known: baselines have the exact target count."""
-        if spec["how"] != "graft":
-            return gr._count_for(spec["sparsity"], gr.num_graftable(self.lm.model))
-        return self._meta("mask", spec)["count"]
+        if isinstance(recipe, (TopMovement, RandomMask)):
+            return count_for(recipe.sparsity, num_graftable(self.lm.model))
+        return self.meta(recipe)["count"]
 
-    def mask_history(self, spec: dict) -> list[dict]:
-        """Per-epoch localization history of a graft mask (from its metadata), with ``kept``:
+    def mask_history(self, recipe: Localized) -> list[dict]:
+        """Per-epoch localization history of a graft (from its metadata), with ``kept``:
         whether that epoch's mask is the one localization kept."""
-        meta = self._meta("mask", spec)
+        meta = self.meta(recipe)
         return [{**row, "kept": row["epoch"] == meta["best_epoch"]} for row in meta["history"]]
 
-    def mask_location(self, spec: dict) -> list[dict]:
-        """Share of the mask per layer and module kind, cached as JSON beside the mask."""
-        return self.store.get_or_compute(
-            "location", spec, lambda: ({}, {"rows": self.mask(spec).by_layer_module().to_dict("records")})).meta["rows"]
-
-    def _localize(self, spec: dict, delta: dict):
-        cfg = GraftConfig(**spec["graft"])  # the data seed and k are those of the delta
-        s = self.splits(spec["task"], spec["delta"]["k"], spec["delta"]["seed"])
-        base = self.delta(spec["base"]) if spec.get("base") else None
-        with (gr.apply_delta(self.lm.model, base) if base is not None else contextlib.nullcontext()), \
-                progress.stage(f"localizing {spec['task']} ({cfg.start}), seed {spec['delta']['seed']}"):
-            res = localize(self.classifier(spec["task"]), delta, s.train, s.dev, cfg, progress=False)
-        meta = {"history": res.history.to_dict("records"), "count": res.mask.count, "best_epoch": res.best_epoch,
-                "sparsity": res.mask.sparsity, "base_count": res.base.count}
-        return self.store.save("mask", spec, res.mask.positions(), meta)  # positions: ~8 bytes per grafted entry
+    def mask_location(self, recipe: Localized) -> list[dict]:
+        """Share of the mask per layer and module kind."""
+        return self.resolve(Location(recipe))
 
     # ---------------------------------------------------------------- evaluation
     def predict(self, task: str, variant: Variant, split: str = "test", k: int = 16, seed: int = 0,
                 prompt_task: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities (N, C) and labels of ``variant`` on ``task``'s split.
-
-        ``prompt_task`` scores ``task``'s texts with another task's prompt (OOD transfer).
-        Dev splits depend on (k, seed); the test split does not. Predictions are made in fp32
-        whatever the lab's precision (bf16 speeds up training; measured, it moved a zero-shot
-        model's test accuracy by 2 points: ``benchmarks/precision_fidelity.py``). Predictions are stored under
-        the prompt itself (tasks with one template share them) and the mask's content where
-        two specs name the same mask (:meth:`_same_mask`).
-        """
+        """Class probabilities (N, C) and labels of ``variant`` on ``task``'s split;
+        ``prompt_task`` scores ``task``'s texts with another task's prompt (OOD transfer)."""
         clf = self.classifier(prompt_task or task)
-        spec = self._base(task=task, prompt=[clf.prompt.template, list(clf.prompt.label_words)], split=split,
-                          k=k if split != "test" else None, seed=seed if split != "test" else None,
-                          delta=variant.delta, mask=self._same_mask(variant.mask))
-        entry = self.store.load("probs", spec)
-        if entry is None:
-            data = self.splits(task, k, seed)[split]
-            with self.apply(variant), progress.stage(f"predicting {task} {split}, {len(data)} examples"):
-                probs = clf.predict_proba(data, batch_size=16, precision="fp32", report=True)  # fp32 always
-            entry = self.store.save("probs", spec, {"probs": torch.from_numpy(probs),
-                                                    "labels": torch.tensor(data["label"])}, {})
-        return entry.tensors["probs"].numpy(), entry.tensors["labels"].numpy()
+        test = split == "test"
+        recipe = Prediction(self.env, task, (clf.prompt.template, tuple(clf.prompt.label_words)), split,
+                            None if test else k, None if test else seed, variant.delta, self._same_mask(variant.mask))
+        return self.resolve(recipe)
 
-    def _same_mask(self, spec: dict | None) -> dict | None:
+    def _same_mask(self, recipe: Recipe | None) -> Recipe | None:
         """A graft that kept its top-movement base patch (epoch 0) *is* the top-movement mask of
         its delta and sparsity: name it so, and the two variants share their predictions."""
-        if spec is None or spec["how"] != "graft":
-            return spec
-        cfg = spec["graft"]
-        if cfg["base"] != "movement" or not cfg["include_base"] or self._meta("mask", spec)["best_epoch"] != 0:
-            return spec
-        return self.mask_spec(spec["delta"], "top-movement", spec["sparsity"])
+        if not isinstance(recipe, Localized):
+            return recipe
+        cfg = recipe.graft
+        if cfg.base != "movement" or not cfg.include_base or self.meta(recipe)["best_epoch"] != 0:
+            return recipe
+        return TopMovement(recipe.delta, recipe.sparsity)
 
     @contextlib.contextmanager
-    def apply(self, variant: Variant):
-        """The model of ``variant``, in place, reverted exactly on exit."""
-        if variant.delta is None:
+    def applied(self, delta: Recipe | None, mask: Recipe | None = None):
+        """The model θ_pre + δ (masked by γ if given), in place, reverted exactly on exit."""
+        if delta is None:
             yield self.lm.model
             return
-        delta = self.delta(variant.delta)
-        if variant.mask is None:
-            with gr.apply_delta(self.lm.model, delta):
+        value = delta if isinstance(delta, dict) else self.delta(delta)
+        if mask is None:
+            with apply_delta(self.lm.model, value):
                 yield self.lm.model
         else:
-            with gr.grafted(self.lm.model, delta, self.mask(variant.mask)):
+            with grafted(self.lm.model, value, self.mask(mask)):
                 yield self.lm.model
 
-    @staticmethod
-    def _remember(memo: dict, key, value, keep: int = 3) -> None:
-        memo[key] = value
-        while len(memo) > keep:
-            memo.pop(next(iter(memo)))
+    def apply(self, variant: Variant):
+        """The model of ``variant``, in place, reverted exactly on exit."""
+        return self.applied(variant.delta, variant.mask)
 
 
 @lru_cache(maxsize=64)
 def _splits(task: str, k: int, seed: int, test_size: int) -> tk.Splits:
     return tk.load_splits(task, k=k, seed=seed, test_size=test_size)
-
-
-def _classifier(lab: Lab, task: str):
-    cache = lab.__dict__.setdefault("_classifiers", {})
-    if task not in cache:
-        cache[task] = tk.get_task(task).classifier(lab.lm, max_length=lab.max_length, precision=lab.precision)
-    return cache[task]
 
 
 _LABS: dict[tuple, Lab] = {}

@@ -20,8 +20,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import progress as _progress
-from .graft import (Delta, Mask, _add_exact, _check_names, _count_for, _shapes, _sub_exact, _top_k,
-                    graftable_parameters, grafted, only_graftable_trainable, top_movement)
+from .grafting import Delta, _add_exact, _sub_exact, grafted, only_graftable_trainable
+from .masks import Mask, count_for, top_k, top_movement
+from .models import check_names, graftable_parameters, shapes
 
 __all__ = ["SELECT", "BASES", "STARTS", "GROW_SPARSITY", "GraftConfig", "gradient_base", "LocalizeResult", "init_scores", "relaxed_frac", "localize"]
 
@@ -58,7 +59,7 @@ class GraftConfig:
         return self.sparsity if self.start == "refine" else GROW_SPARSITY
 
     def __post_init__(self):
-        _count_for(self.sparsity, 1)
+        count_for(self.sparsity, 1)
         for name in ("sigmoid_bias", "lr", "l1"):
             value, low = getattr(self, name), -math.inf if name == "sigmoid_bias" else 0.0
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf:
@@ -86,34 +87,6 @@ class LocalizeResult:
     best_epoch: int              # the epoch whose mask was kept
     config: GraftConfig
     scores: Delta | None = None  # the final S, when config.keep_scores
-
-
-class _Sparse:
-    """A mask as sorted flat positions per parameter (int64): grafts are sparse, so this stays small."""
-
-    def __init__(self, index: dict[str, Tensor], shapes: Mapping[str, torch.Size]):
-        self.index, self.shapes = index, dict(shapes)
-        self.count = sum(i.numel() for i in index.values())
-
-    @classmethod
-    def from_mask(cls, mask: Mask) -> "_Sparse":
-        index = {n: m.reshape(-1).nonzero().squeeze(1) for n, m in mask.items()}
-        return cls(index, {n: m.shape for n, m in mask.items()})
-
-    def mask(self, meta: Mapping | None = None) -> Mask:
-        out = {}
-        for n, i in self.index.items():
-            out[n] = torch.zeros(self.shapes[n], dtype=torch.bool, device=i.device)
-            out[n].view(-1)[i] = True
-        return Mask(out, meta)
-
-    def equal(self, other: "_Sparse") -> bool:
-        """The same entries (names and positions)."""
-        return self.count == other.count and all(torch.equal(i, other.index[n]) for n, i in self.index.items())
-
-    def added(self, base: "_Sparse") -> int:
-        """Entries here that are not in ``base``."""
-        return sum(int((~torch.isin(i, base.index[n])).sum()) for n, i in self.index.items())
 
 
 class _Workspace:
@@ -148,7 +121,7 @@ def _frac_into(z: Tensor, base: Tensor, out: Tensor) -> Tensor:
     return out
 
 
-def _relax(params, delta, z, base: _Sparse, ws: _Workspace, undo: dict) -> None:
+def _relax(params, delta, z, base: Mask, ws: _Workspace, undo: dict) -> None:
     """θ ← θ_pre + frac⊙δ in place; ``undo`` collects what an exact revert needs (usually nothing)."""
     for n, p in params.items():
         frac = _frac_into(z[n], base.index[n], ws(0, p.numel()))
@@ -162,7 +135,7 @@ def _abs_max(t: Tensor) -> float:
 
 
 @torch.no_grad()
-def _unrelax(params, delta, z, base: _Sparse, ws: _Workspace, undo: dict, cfg: GraftConfig | None = None,
+def _unrelax(params, delta, z, base: Mask, ws: _Workspace, undo: dict, cfg: GraftConfig | None = None,
              n_batches: int = 1) -> dict[str, float]:
     """θ back to θ_pre bit-exactly; with ``cfg``, also the step on S, sharing σ(S − b) with the revert:
 
@@ -192,7 +165,7 @@ def _unrelax(params, delta, z, base: _Sparse, ws: _Workspace, undo: dict, cfg: G
     return {"gd_abs_mean": gd_sum / n_batches / total, "gd_abs_max": gd_max / n_batches, "step_abs_max": step_max}
 
 
-def _rounded(z: Mapping[str, Tensor], base: _Sparse) -> _Sparse:
+def _rounded(z: Mapping[str, Tensor], base: Mask) -> Mask:
     """round(frac) as positions, from sign tests on z = S − b plus exact checks on the few candidates."""
     index = {}
     for n, zn in z.items():
@@ -203,10 +176,10 @@ def _rounded(z: Mapping[str, Tensor], base: _Sparse) -> _Sparse:
             cand = cand[~torch.isin(cand, b)]
             keep = torch.cat([keep, cand[torch.sigmoid(zf[cand]) > 0.5]]).sort().values
         index[n] = keep
-    return _Sparse(index, base.shapes)
+    return Mask._of(index, base.shapes)
 
 
-def _epoch(clf, params, delta, z, base: _Sparse, batches, ws: _Workspace, cfg: GraftConfig) -> dict[str, float]:
+def _epoch(clf, params, delta, z, base: Mask, batches, ws: _Workspace, cfg: GraftConfig) -> dict[str, float]:
     """One step on S: relax, sum ∇θL over the train batches, revert exactly and step (also reverts on error)."""
     undo: dict = {}
     try:
@@ -267,9 +240,8 @@ def gradient_base(clf, params, delta: Mapping[str, Tensor], batches, sparsity: f
     grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in params.items()}
     for p in params.values():
         p.grad = None
-    mask = _top_k(lambda: ((n, -(g * delta[n])) for n, g in grads.items()),
-                  _count_for(sparsity, sum(d.numel() for d in delta.values())))
-    return Mask(mask, {"method": "gradient", "sparsity": sparsity})
+    return top_k(lambda: ((n, -(g * delta[n])) for n, g in grads.items()),
+                 count_for(sparsity, sum(d.numel() for d in delta.values())), {"method": "gradient", "sparsity": sparsity})
 
 
 def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | None = None,
@@ -292,7 +264,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     cfg = cfg or GraftConfig()
     model = clf.lm.model
     params = graftable_parameters(model)
-    _check_names(_shapes(delta), _shapes(params), "delta")
+    check_names(shapes(delta), shapes(params), "delta")
     if len(train) == 0 or len(dev) == 0:
         raise ValueError(f"localize needs non-empty train and dev sets, got {len(train)} and {len(dev)} examples")
     # batches of similar length (less padding): the gradient is a mean over the whole train set
@@ -300,29 +272,27 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     batches = [clf.encode(train[order[i:i + cfg.batch_size]]) for i in range(0, len(train), cfg.batch_size)]
     if cfg.base == "gradient":
         with only_graftable_trainable(model):
-            base_mask = gradient_base(clf, params, delta, batches, cfg.base_sparsity)
+            base = gradient_base(clf, params, delta, batches, cfg.base_sparsity)
     else:
-        base_mask = top_movement(delta, cfg.base_sparsity)
-    base, base_meta = _Sparse.from_mask(base_mask), base_mask.meta
-    del base_mask
+        base = top_movement(delta, cfg.base_sparsity)
     z = {n: s.sub_(cfg.sigmoid_bias) for n, s in init_scores(delta, cfg.seed).items()}  # z = S − b
     ws = _Workspace(params)
     rows: list[dict] = []
-    best: tuple[float, int, _Sparse] | None = None
+    best: tuple[float, int, Mask] | None = None
 
-    scored: list[tuple[_Sparse, float, float]] = []  # the last mask scored, with its accuracies (NaN: not needed)
+    scored: list[tuple[Mask, float, float]] = []  # the last mask scored, with its accuracies (NaN: not needed)
 
-    def score(epoch: int, graft: _Sparse, stats: dict) -> None:
+    def score(epoch: int, graft: Mask, stats: dict) -> None:
         nonlocal best
         start = time.perf_counter()
         if scored and scored[-1][0].equal(graft):  # the rounded mask did not change: its scores are known
             tr, dv = scored[-1][1:]
         else:
-            with grafted(model, delta, graft.mask()):
+            with grafted(model, delta, graft):
                 tr, dv = _scores(clf, train, dev, cfg, None if best is None or cfg.score_all else best[0])
             scored[:] = [(graft, tr, dv)]
         added = graft.added(base)
-        total = sum(math.prod(shape) for shape in graft.shapes.values())
+        total = graft.total
         rows.append({"epoch": epoch, "count": graft.count, "sparsity": graft.count / total, "added": added,
                      "removed": base.count - (graft.count - added), "train_acc": tr, "dev_acc": dv, **stats,
                      "seconds_eval": time.perf_counter() - start})
@@ -343,6 +313,6 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
             _progress.step(epoch, cfg.epochs, "steps on S")
     _, best_epoch, kept = best if best is not None else (0.0, 0, base)
     meta = {"method": "localize", "epoch": best_epoch, **asdict(cfg)}
-    return LocalizeResult(mask=kept.mask(meta), base=base.mask(base_meta),
+    return LocalizeResult(mask=kept.with_meta(meta), base=base,
                           history=pd.DataFrame(rows), best_epoch=best_epoch, config=cfg,
                           scores={n: t.add_(cfg.sigmoid_bias) for n, t in z.items()} if cfg.keep_scores else None)

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import optimize, special, stats
+
+from .masks import Mask
 
 __all__ = [
     "accuracy", "ece", "reliability_bins", "brier", "nll", "softmax", "fit_temperature",
@@ -180,53 +183,25 @@ def recovery(graft: float, finetuned: float, zero_shot: float) -> dict[str, floa
 
 
 # ----------------------------------------------------------------------------- region overlap
-def _as_tensors(mask) -> Mapping:
-    """The {name: tensor} dict of a mask: a dict itself, or the ``.tensors`` / ``.masks`` dict of a mask object."""
-    if isinstance(mask, Mapping):
+def as_mask(mask, what: str = "mask") -> Mask:
+    """A :class:`~skillgraft.masks.Mask`, or a dict {name: bool (or 0/1) tensor or array} as one."""
+    if isinstance(mask, Mask):
         return mask
-    for attr in ("tensors", "masks"):
-        if isinstance(getattr(mask, attr, None), Mapping):
-            return getattr(mask, attr)
-    raise TypeError(f"a mask must be a dict {{name: bool tensor}} or have a .tensors (or .masks) dict; "
-                    f"got {type(mask).__name__}")
+    if not isinstance(mask, Mapping):
+        raise TypeError(f"{what} must be a Mask or a dict {{name: bool tensor}}; got {type(mask).__name__}")
+    dense = {}
+    for n, v in mask.items():
+        t = torch.as_tensor(np.asarray(v.detach().cpu() if hasattr(v, "detach") else v))
+        if t.dtype != torch.bool:
+            if not bool(((t == 0) | (t == 1)).all()):
+                raise ValueError(f"{what} entry {n!r} must be boolean or 0/1; found other values")
+            t = t.bool()
+        dense[n] = t
+    return Mask(dense)
 
 
-def _to_bool(name: str, value) -> np.ndarray:
-    if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
-    if arr.dtype != bool:
-        if not np.all((arr == 0) | (arr == 1)):
-            raise ValueError(f"mask entry {name!r} must be boolean or 0/1; found other values")
-        arr = arr.astype(bool)
-    return arr.reshape(-1)
-
-
-def _flat_indices(masks: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """Each mask as the positions of its True entries in one shared flat layout.
-
-    Names missing from a mask count as all False; a name present in several masks must
-    have the same number of entries in each. Only index arrays are kept (|γ| ≪ N), so
-    masks over the whole model stay cheap to compare.
-    """
-    parts = {key: _as_tensors(m) for key, m in masks.items()}
-    sizes: dict[str, int] = {}
-    for key, tensors in parts.items():
-        for n, v in tensors.items():
-            size = int(v.numel()) if hasattr(v, "numel") else np.asarray(v).size
-            if sizes.setdefault(n, size) != size:
-                raise ValueError(f"mask {key!r}: parameter {n!r} has {size} entries, another mask has {sizes[n]}")
-    names = sorted(sizes)
-    offsets = dict(zip(names, np.cumsum([0] + [sizes[n] for n in names])))
-    return {key: np.concatenate([np.flatnonzero(_to_bool(n, v)) + offsets[n] for n, v in tensors.items()]
-                                or [np.zeros(0, dtype=np.int64)])
-            for key, tensors in parts.items()}
-
-
-def _pair_score(a: np.ndarray, b: np.ndarray, kind: str) -> float:
-    inter = np.intersect1d(a, b, assume_unique=True).size
-    denom = b.size if kind == "asymmetric" else a.size + b.size - inter
-    return inter / denom if denom else float("nan")
+def _pair_score(a: Mask, b: Mask, kind: str) -> float:
+    return a.overlap(b) if kind == "asymmetric" else a.jaccard(b)
 
 
 def _check_kind(kind: str) -> str:
@@ -238,17 +213,15 @@ def _check_kind(kind: str) -> str:
 def overlap(a, b) -> float:
     """|a ∩ b| / |b|: the share of region b that region a also holds (asymmetric; NaN if b is empty).
 
-    Masks are dicts {name: bool tensor/array} or objects holding such a dict as
-    ``.tensors`` or ``.masks`` (e.g. :class:`skillgraft.graft.Mask`).
+    Masks are :class:`~skillgraft.masks.Mask` or dicts {name: bool tensor/array}; a name
+    missing from one counts as all False there.
     """
-    idx = _flat_indices({"a": a, "b": b})
-    return _pair_score(idx["a"], idx["b"], "asymmetric")
+    return as_mask(a).overlap(as_mask(b))
 
 
 def jaccard(a, b) -> float:
     """|a ∩ b| / |a ∪ b| (symmetric; NaN if both are empty)."""
-    idx = _flat_indices({"a": a, "b": b})
-    return _pair_score(idx["a"], idx["b"], "jaccard")
+    return as_mask(a).jaccard(as_mask(b))
 
 
 def overlap_matrix(masks: Mapping[str, object], kind: str = "asymmetric") -> pd.DataFrame:
@@ -257,9 +230,9 @@ def overlap_matrix(masks: Mapping[str, object], kind: str = "asymmetric") -> pd.
     _check_kind(kind)
     if not masks:
         raise ValueError("masks is empty; pass a dict {name: mask}")
-    idx = _flat_indices(masks)
-    names = list(masks)
-    values = [[_pair_score(idx[i], idx[j], kind) for j in names] for i in names]
+    given = {name: as_mask(m, f"mask {name!r}") for name, m in masks.items()}
+    names = list(given)
+    values = [[_pair_score(given[i], given[j], kind) for j in names] for i in names]
     return pd.DataFrame(values, index=pd.Index(names, name="mask i"), columns=pd.Index(names, name="mask j"))
 
 

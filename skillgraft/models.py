@@ -17,7 +17,8 @@ from torch import nn
 
 from . import assets
 
-__all__ = ["ArchSpec", "ARCHITECTURES", "LM", "arch_spec", "load_lm", "resolve_device"]
+__all__ = ["ArchSpec", "ARCHITECTURES", "LM", "arch_spec", "check_model", "graftable_parameters", "num_graftable", "check_names",
+           "shapes", "load_lm", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,34 @@ def arch_spec(model: nn.Module) -> ArchSpec:
             "Add a row to skillgraft.models.ARCHITECTURES for a new one."
         )
     return ARCHITECTURES[model_type]
+
+
+def graftable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters inside the transformer blocks (weights, biases, norms), in model order."""
+    pattern = re.compile(arch_spec(model).blocks)
+    return {n: p for n, p in model.named_parameters() if pattern.search(n)}
+
+
+def num_graftable(model: nn.Module) -> int:
+    """N, the number of graftable entries: the denominator of every sparsity."""
+    return sum(p.numel() for p in graftable_parameters(model).values())
+
+
+def shapes(tensors) -> dict[str, tuple]:
+    """Name → shape of name-keyed tensors."""
+    return {n: tuple(t.shape) for n, t in tensors.items()}
+
+
+def check_names(got, want, what: str, subset: bool = False) -> None:
+    """Raise a ValueError saying which names are missing/unexpected or which shapes differ
+    (``got`` and ``want`` map names to shapes; with ``subset``, ``got`` may lack names)."""
+    extra, missing = [n for n in got if n not in want], [] if subset else [n for n in want if n not in got]
+    if extra or missing:
+        parts = [f"{len(v)} {k} name(s) (e.g. {v[:3]})" for k, v in (("missing", missing), ("unexpected", extra)) if v]
+        raise ValueError(f"{what}: parameter names do not match: {'; '.join(parts)}. Made for another model?")
+    for n in (n for n in want if n in got):  # in the reference's order
+        if tuple(got[n]) != tuple(want[n]):
+            raise ValueError(f"{what}: shape mismatch for {n!r}: {tuple(got[n])} here, {tuple(want[n])} expected")
 
 
 @dataclass
@@ -83,6 +112,33 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def _looks_like_hub_id(name: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", name) is not None
+
+
+def check_model(name_or_path: str) -> None:
+    """Refuse, before any compute, a model that :func:`load_lm` could not load: not an embedded
+    name, not a folder with a ``config.json``, and not a hub id — or a hub id while the hub is
+    offline (``HF_HUB_OFFLINE``) and the model is not in the local hub cache."""
+    import os
+
+    accepted = (f"accepted: an embedded model ({', '.join(assets.MODELS)}), a local folder holding a "
+                "transformers model, or a hub id like 'roberta-base' (needs internet)")
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ValueError(f"unknown model {name_or_path!r}; {accepted}")
+    if name_or_path in assets.MODELS:
+        return
+    path = Path(name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model folder {name_or_path!r} has no config.json; {accepted}")
+        return
+    if not _looks_like_hub_id(name_or_path) or path.exists():
+        raise ValueError(f"unknown model {name_or_path!r}; {accepted}")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            raise ValueError(f"unknown model {name_or_path!r}: not an embedded model and not in the local hub "
+                             f"cache, and the hub is offline (HF_HUB_OFFLINE); {accepted}")
 
 
 def load_lm(name_or_path: str = assets.DEFAULT_MODEL, device: str = "cpu",

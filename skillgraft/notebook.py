@@ -14,7 +14,7 @@ from typing import Mapping
 # before the package's modules import tqdm.auto, which warns in a kernel without ipywidgets
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from .experiments import Setting  # noqa: E402
+from .chapters import Setting  # noqa: E402
 
 __all__ = ["setup", "elapsed", "show_figure"]
 

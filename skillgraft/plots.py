@@ -1,4 +1,4 @@
-"""Every figure of the book, drawn from the tidy frames that :mod:`skillgraft.experiments` returns.
+"""Every figure of the book, drawn from the tidy frames that the chapters (:mod:`skillgraft.chapters`) return.
 
 Each function takes a DataFrame (schema in its docstring), returns a matplotlib
 ``Figure`` with a title, axis labels and a legend, so that it reads without the text,

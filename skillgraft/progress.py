@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from .files import atomic
+
 ENV = "SKILLGRAFT_PROGRESS"
 _stack: list[str] = []  # the stages entered, outermost first (a sequence stage inside its fine-tune)
 
@@ -29,12 +31,11 @@ def _path() -> Path | None:
 
 
 def _write(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)  # the reader never sees half a line
+        with atomic(path) as tmp:  # the reader never sees half a line
+            tmp.write_text(json.dumps(record))
     except OSError:  # progress is a courtesy: it never breaks a computation
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 @contextlib.contextmanager

@@ -38,59 +38,36 @@ __all__ = ["Step", "CHAPTERS", "plan", "sweep", "compute_step"]
 log = logging.getLogger(__name__)
 
 
-def _chapter_01(p, s):
-    from . import experiments as ex
-    return ex.single_task(p["tasks"], p["seeds"], p["sparsities"], s)
+def _chapters() -> dict[str, Callable]:
+    """Each chapter's ``run(params, setting)``, as its notebook calls it (a unit test checks the notebooks' calls)."""
+    from .chapters import CHAPTERS as modules
+    return {name: module.run for name, module in modules.items()}
 
 
-def _chapter_02(p, s):
-    from . import experiments as ex
-    return ex.calibration(p["tasks"], p["seeds"], p["claim_sparsity"], s, n_bins=p["ece_bins"])
-
-
-def _chapter_03(p, s):
-    from . import experiments as ex
-    return ex.ood(p["sources"], p["targets"], p["seeds"], p["claim_sparsity"], s)
-
-
-def _chapter_04(p, s):
-    from . import experiments as ex
-    return ex.multitask(p["tasks"], p["seed"], p["claim_sparsity"], s, compare_bases=p["compare_bases"])
-
-
-def _chapter_05(p, s):
-    from . import experiments as ex
-    return ex.continual(p["sequence"], p["seeds"], p["claim_sparsity"], s, with_multitask=p["with_multitask"])
-
-
-# the experiment each chapter runs, as its notebook calls it (a unit test checks the notebooks' calls)
-CHAPTERS: dict[str, Callable] = {
-    "01_single_task_grafting": _chapter_01,
-    "02_calibration": _chapter_02,
-    "03_ood": _chapter_03,
-    "04_multitask": _chapter_04,
-    "05_continual_learning": _chapter_05,
-}
+CHAPTERS = _chapters()
 
 
 @dataclass(frozen=True)
 class Step:
-    """One stored step: ``kind`` ("delta", "mask" or "probs"), the store key it lands under,
-    the lab call that computes it, and the keys of the planned steps it needs first."""
+    """One stored step: its recipe, the lab it runs in, and the keys of the planned steps it needs first."""
 
-    kind: str
-    key: str
-    call: tuple            # ("delta", spec) | ("mask", spec) | ("predict", args, kwargs)
+    recipe: object         # a stored recipe (skillgraft.recipes): FineTune, Localized or Prediction
     label: str
     needs: tuple[str, ...] = ()
     lab: tuple = ()        # (name, value) pairs of the lab it runs in: model, device, max_length, ...
 
+    @property
+    def kind(self) -> str:
+        return self.recipe.kind
+
+    @property
+    def key(self) -> str:
+        return self.recipe.key
+
 
 # ----------------------------------------------------------------------------- planning
 class _Missing(Exception):
-    def __init__(self, kind: str, spec: dict):
-        super().__init__(kind)
-        self.kind, self.spec = kind, spec
+    """A prediction that is not stored, asked for while planning."""
 
 
 class _PlanningStore:
@@ -99,145 +76,90 @@ class _PlanningStore:
     def __init__(self, store):
         self.real, self.root, self.memory = store, store.root, {}
 
-    def _key(self, kind, spec):
-        from .cache import spec_key
-        return kind, spec_key(spec)
-
-    def load(self, kind, spec):
-        entry = self.memory.get(self._key(kind, spec)) or self.real.load(kind, spec)
-        if entry is None and kind == "probs":
-            raise _Missing(kind, spec)
+    def load(self, recipe):
+        entry = self.memory.get(recipe.key) or self.real.load(recipe)
+        if entry is None and recipe.kind == "probs":
+            raise _Missing(recipe)
         return entry
 
-    def load_meta(self, kind, spec):
-        entry = self.memory.get(self._key(kind, spec))
-        return entry.meta if entry is not None else self.real.load_meta(kind, spec)
+    def load_meta(self, recipe):
+        entry = self.memory.get(recipe.key)
+        return entry.meta if entry is not None else self.real.load_meta(recipe)
 
-    def save(self, kind, spec, tensors=None, meta=None):
-        from .cache import Entry, _jsonable
-        entry = Entry(tensors=dict(tensors or {}), meta=_jsonable(meta or {}))
-        self.memory[self._key(kind, spec)] = entry
+    def save(self, recipe, tensors=None, meta=None):
+        from .recipes import jsonable
+        from .store import Entry
+        entry = Entry(tensors=dict(tensors or {}), meta=jsonable(meta or {}))
+        self.memory[recipe.key] = entry
         return entry
-
-    def get_or_compute(self, kind, spec, compute):
-        entry = self.load(kind, spec)
-        if entry is not None:
-            return entry
-        tensors, meta = compute()
-        return self.save(kind, spec, tensors, meta)
-
-
-def _nested(spec, kinds=("delta", "mask")) -> Iterator[tuple[str, dict]]:
-    """The stored specs a (possibly derived) delta or mask spec is made of."""
-    if not isinstance(spec, dict):
-        return
-    if "of" in spec:  # δ_a − δ_b
-        yield from _nested(spec["of"])
-        yield from _nested(spec.get("minus"))
-    elif "stitch" in spec:
-        for part in spec["stitch"]:
-            yield from _nested(part)
-    elif "how" in spec:  # a mask: graft (stored) or a baseline computed from its delta
-        if spec["how"] == "graft":
-            yield "mask", spec
-            if spec.get("base"):
-                yield from _nested(spec["base"])
-        yield from _nested(spec["delta"])
-    elif "finetune" in spec:
-        yield "delta", spec
-
-
-def _previous_stage(lab, spec: dict) -> dict | None:
-    if spec.get("mode") != "sequential" or not spec.get("stage"):
-        return None
-    from .finetune import FinetuneConfig
-    return lab.delta_spec(spec["tasks"], spec["k"], spec["seed"], FinetuneConfig(**spec["finetune"]),
-                          "sequential", spec["stage"] - 1)
 
 
 class _Planner:
     """Records the steps a chapter would compute, in the order it needs them."""
 
     def __init__(self, lab):
-        from .cache import spec_key
-        self.lab, self.key = lab, spec_key
+        self.lab = lab
         self.steps: dict[str, Step] = {}
         self.stand_in = False  # a stand-in was handed out in this pass: later predictions are not real yet
         self.lab_params: tuple = ()
 
-    def add(self, kind: str, spec: dict, call: tuple, label: str, needs: list[tuple[str, dict]]) -> None:
-        key = self.key(spec)
-        if key not in self.steps:
-            self.steps[key] = Step(kind, key, call, label, tuple(dict.fromkeys(self.key(s) for _, s in needs)),
-                                   self.lab_params)
+    def add(self, recipe) -> None:
+        from .recipes import stored_inputs
+        if recipe.key not in self.steps:
+            needs = [r.key for r in stored_inputs(recipe) if self.lab.store.load_meta(r) is None]
+            self.steps[recipe.key] = Step(recipe, recipe.label(), tuple(dict.fromkeys(needs)), self.lab_params)
 
     def recording_lab(self):
         import torch
 
-        from . import graft as gr
+        from .recipes import FineTune, Localized
 
         lab, planner = copy.copy(self.lab), self
-        lab._deltas, lab._masks = {}, {}
+        lab.memory = {pool: {} for pool in self.lab.memory}
         lab.store = _PlanningStore(self.lab.store)
-        params = gr.graftable_parameters(lab.lm.model)
-        zeros = {n: torch.zeros_like(p, requires_grad=False) for n, p in params.items()}
+        zeros = {n: torch.zeros_like(p, requires_grad=False) for n, p in lab.graftable.items()}
+        first = next(iter(lab.graftable))
+        real_resolve = lab.resolve
 
-        def missing(kind: str, spec: dict) -> bool:  # not in the real store (planned in this pass, or not yet)
-            return self.lab.store.load_meta(kind, spec) is None
+        def compute(recipe):
+            if isinstance(recipe, FineTune):
+                planner.add(recipe)
+                planner.stand_in = True
+                return lab.store.save(recipe, zeros, {"history": [], "stand_in": True, "fit": True})
+            if isinstance(recipe, Localized):
+                planner.add(recipe)
+                planner.stand_in = True
+                positions = {n: torch.zeros(1 if n == first else 0, dtype=torch.long) for n in lab.graftable}
+                row = {"epoch": 0, "count": 1, "sparsity": 0.0, "added": 0, "removed": 0, "train_acc": np.nan,
+                       "dev_acc": np.nan}
+                return lab.store.save(recipe, positions, {"history": [row], "count": 1, "best_epoch": 0,
+                                                          "sparsity": 0.0, "base_count": 1, "stand_in": True})
+            tensors, meta = recipe.compute(lab)  # cheap ones (a location) are computed, into memory
+            return lab.store.save(recipe, tensors, meta)
 
-        def finetune(spec):
-            prev = _previous_stage(lab, spec)
-            needs = [("delta", prev)] if prev is not None and missing("delta", prev) else []
-            planner.add("delta", spec, ("delta", spec), f"fine-tune {'+'.join(spec['tasks'])} seed {spec['seed']}"
-                        + (f" stage {spec['stage']}" if spec.get("stage") else ""), needs)
-            planner.stand_in = True
-            return lab.store.save("delta", spec, zeros, {"history": [], "stand_in": True, "fit": True})
-
-        def localize(spec, delta):
-            needs = [(k, s) for k, s in _nested(spec["delta"]) if missing(k, s)]
-            if spec.get("base"):
-                needs += [(k, s) for k, s in _nested(spec["base"]) if missing(k, s)]
-            planner.add("mask", spec, ("mask", spec), f"localize {spec['task']} seed {spec['delta']['seed']}", needs)
-            planner.stand_in = True
-            first = next(iter(params))
-            positions = {n: torch.zeros(1 if n == first else 0, dtype=torch.long) for n in params}
-            row = {"epoch": 0, "count": 1, "sparsity": 0.0, "added": 0, "removed": 0, "train_acc": np.nan,
-                   "dev_acc": np.nan}
-            return lab.store.save("mask", spec, positions, {"history": [row], "count": 1, "best_epoch": 0,
-                                                             "sparsity": 0.0, "base_count": 1, "stand_in": True})
-
-        real_predict = lab.predict
-
-        def predict(task, variant, split="test", k=16, seed=0, prompt_task=None):
+        def resolve(recipe):
             try:
-                return real_predict(task, variant, split=split, k=k, seed=seed, prompt_task=prompt_task)
-            except _Missing as miss:
-                if not planner.stand_in:  # every input is real: the recorded spec is the one the chapter will need
-                    needs = [(kd, s) for kd, s in (*_nested(variant.delta), *_nested(variant.mask)) if missing(kd, s)]
-                    key = planner.key(miss.spec)
-                    if key not in planner.steps:
-                        planner.steps[key] = Step("probs", key, ("predict", (task, variant),
-                                                                 dict(split=split, k=k, seed=seed, prompt_task=prompt_task)),
-                                                  f"predict {task} {split} ({variant.name})",
-                                                  tuple(dict.fromkeys(planner.key(s) for _, s in needs)),
-                                                  planner.lab_params)
-                n = len(lab.splits(task, k, seed)[split])
-                c = lab.classifier(prompt_task or task).num_classes
+                return real_resolve(recipe)
+            except _Missing:
+                if not planner.stand_in:  # every input is real: this is the prediction the chapter will need
+                    planner.add(recipe)
+                n = len(lab.splits(recipe.task, recipe.k or 16, recipe.seed or 0)[recipe.split])
+                c = len(recipe.prompt[1])
                 return np.full((n, c), 1.0 / c), np.zeros(n, dtype=int)
 
-        lab._finetune, lab._localize, lab.predict = finetune, localize, predict
+        lab._compute, lab.resolve = compute, resolve
         return lab
 
 
 @contextlib.contextmanager
 def _lab_for_experiments(lab) -> Iterator[None]:
-    from . import experiments as ex
-    real = ex.get_lab
-    ex.get_lab = lambda *a, **k: lab
+    from .chapters import common
+    real = common.get_lab
+    common.get_lab = lambda *a, **k: lab
     try:
         yield
     finally:
-        ex.get_lab = real
+        common.get_lab = real
 
 
 @contextlib.contextmanager
@@ -253,7 +175,7 @@ def _quiet(name: str) -> Iterator[None]:
 
 
 def _setting(params: dict):
-    from .experiments import Setting
+    from .chapters import Setting
     return Setting.from_params(**params)
 
 
@@ -303,13 +225,7 @@ def compute_step(step: Step, home: str | None = None, threads: int | None = None
         torch.set_num_threads(threads)
     lab = _setting(dict(step.lab)).lab()
     with _locked(lab.store.root, step.key):  # a concurrent worker on the same key: wait, then read its entry
-        kind, *args = step.call
-        if kind == "delta":
-            lab.delta(args[0])
-        elif kind == "mask":
-            lab.mask(args[0])
-        else:
-            lab.predict(*args[0], **args[1])
+        lab.resolve(step.recipe)
     return step.key
 
 

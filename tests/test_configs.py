@@ -17,7 +17,8 @@ def test_every_notebook_has_a_paper_scale_file():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_paper_scale_file_passes_the_dry_run(config, capsys):
+def test_paper_scale_file_passes_the_dry_run(config, capsys, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # as for a reader with internet: the hub model is not checked here
     assert cli.main(["run", config.stem, "-f", str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "parameters OK" in out and "roberta-base" in out
@@ -46,9 +47,11 @@ def test_the_documentation_shows_run_commands():
 
 
 @pytest.mark.parametrize("line", _documented_runs())
-def test_documented_run_commands_pass_the_dry_run(line, capsys):
+def test_documented_run_commands_pass_the_dry_run(line, capsys, monkeypatch):
     """What a reader copies from the README or the book names real notebooks, parameters and files."""
     import shlex
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # the paper-scale commands are for readers with internet
 
     args = shlex.split(line)[1:]
     args = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
@@ -75,3 +78,15 @@ def test_papermill_reads_every_parameter_of_every_notebook():
 
     for nb in cli.list_notebooks(ROOT):
         assert sorted(papermill.inspect_notebook(str(nb))) == sorted(cli.notebook_parameters(nb)), nb.name
+
+
+def test_dry_run_rejects_a_model_it_cannot_load(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["run", "01", "-p", "model", "no-such-model", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "parameter 'model': unknown model 'no-such-model'" in err and "the hub is offline" in err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["run", "01", "-p", "model", str(tmp_path / "empty"), "--dry-run"]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    assert cli.main(["run", "01", "-p", "model", "a b/c d", "--dry-run"]) == 2
+    assert "unknown model 'a b/c d'; accepted: an embedded model (smollm2-135m)" in capsys.readouterr().err

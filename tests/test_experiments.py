@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skillgraft.experiments import recovery_table, sparsity_to_reach
+from skillgraft.chapters.single_task import recovery_table, sparsity_to_reach
 
 
 def _frame():

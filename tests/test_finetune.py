@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_llama, make_roberta
-from skillgraft import graft
+from skillgraft import grafting, models
 from skillgraft.finetune import (FinetuneConfig, finetune, finetune_multitask, finetune_sequential,
                                  optimizer_groups)
 from skillgraft.models import LM
@@ -62,7 +62,7 @@ def test_only_graftable_parameters_change_and_model_is_restored(tokenizer):
     assert same_bits(model, before) and not model.training
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert all(p.grad is None for p in model.parameters())
-    assert list(res.delta) == list(graft.graftable_parameters(model))  # no embedding, no head
+    assert list(res.delta) == list(models.graftable_parameters(model))  # no embedding, no head
     assert all(float(d.abs().max()) > 0 for n, d in res.delta.items() if "layernorm" not in n)
     assert list(res.history.columns) == ["step", "task", "train_loss", "seconds", "dev_acc", "fit_loss", "fit_acc"]
     assert len(res.history) == 6
@@ -81,12 +81,12 @@ def test_same_seed_same_delta_other_seed_other_delta(tokenizer):
 
 def test_weight_decay_not_on_biases_and_norms():
     for model in (make_llama(), make_roberta()):
-        decay, rest = optimizer_groups(graft.graftable_parameters(model), 1e-4)
+        decay, rest = optimizer_groups(models.graftable_parameters(model), 1e-4)
         assert decay["weight_decay"] == 1e-4 and rest["weight_decay"] == 0.0
         assert decay["param_names"] and all(p.ndim == 2 for p in decay["params"])
         assert not any(n.endswith("bias") or "norm" in n.lower() for n in decay["param_names"])
         assert any("norm" in n.lower() for n in rest["param_names"]) and all(p.ndim == 1 for p in rest["params"])
-    roberta = optimizer_groups(graft.graftable_parameters(make_roberta()), 1e-4)[1]["param_names"]
+    roberta = optimizer_groups(models.graftable_parameters(make_roberta()), 1e-4)[1]["param_names"]
     assert any(n.endswith("dense.bias") for n in roberta) and any(n.endswith("LayerNorm.weight") for n in roberta)
 
 
@@ -101,7 +101,7 @@ def test_loss_decreases_on_a_learnable_toy(tokenizer):
             return float(clf.loss(batch))
     res = finetune(clf, train, train, FinetuneConfig(optimizer="adamw", lr=1e-2, steps=20, eval_every=10,
                                                      fit_loss=None), progress=False)
-    with graft.apply_delta(model, res.delta):
+    with grafting.apply_delta(model, res.delta):
         tuned = loss()
         acc = clf.accuracy(train)
     assert tuned < 0.75 * loss() and acc == 1.0
@@ -118,9 +118,9 @@ def test_keep_best_keeps_the_best_dev_checkpoint(tokenizer):
     h = best.history.dropna(subset=["dev_acc"])
     assert best.best_step < 12 and best.best_dev_acc > h["dev_acc"].iloc[-1]  # so keeping the best matters
     assert best.best_dev_acc == h["dev_acc"].max() and best.best_step == int(h.loc[h["dev_acc"].idxmax(), "step"])
-    with graft.apply_delta(model, best.delta):
+    with grafting.apply_delta(model, best.delta):
         assert clf.accuracy(dev) == best.best_dev_acc
-    with graft.apply_delta(model, last.delta):
+    with grafting.apply_delta(model, last.delta):
         assert clf.accuracy(dev) == h["dev_acc"].iloc[-1]
 
 
@@ -135,7 +135,7 @@ def test_multitask_mixes_tasks_on_one_model(tokenizer):
     assert res.history["task"].tolist() == [0, 1, 0, 1, 0, 1]
     evals = res.history.dropna(subset=["dev_acc"])
     assert np.allclose(evals["dev_acc"], (evals["dev_acc_0"] + evals["dev_acc_1"]) / 2)
-    assert list(res.delta) == list(graft.graftable_parameters(model))
+    assert list(res.delta) == list(models.graftable_parameters(model))
     with pytest.raises(ValueError, match="same model object"):
         finetune_multitask([items[0], (classifier(make_llama(), tokenizer), items[1][1], items[1][2])],
                            FinetuneConfig(**FAST), progress=False)
@@ -155,7 +155,7 @@ def test_sequential_deltas_are_cumulative(tokenizer):
     own = {n: stages[1].delta[n] - stages[0].delta[n] for n in alone.delta}  # stage 2's own change
     assert any(float(d.abs().max()) > 0 for d in own.values())
     assert stages[1].history["task"].eq(1).all() and stages[0].history["task"].eq(0).all()
-    with graft.apply_delta(model, stages[1].delta):  # θ_pre + cumulative delta = the weights after stage 2
+    with grafting.apply_delta(model, stages[1].delta):  # θ_pre + cumulative delta = the weights after stage 2
         assert topic.accuracy(items[1][2]) == stages[1].history["dev_acc"].iloc[-1]
 
 
@@ -207,7 +207,7 @@ def test_only_checkpoints_that_fit_the_train_set_are_kept(tokenizer):
     assert gated.train_loss <= 0.55 and gated.train_acc == 1.0
     assert gated.passes == pytest.approx(gated.best_step * 4 / len(train))
     assert gated.regime()["total_passes"] == pytest.approx(40 * 4 / len(train))
-    with graft.apply_delta(model, gated.delta):
+    with grafting.apply_delta(model, gated.delta):
         probs = clf.predict_proba(train)
     labels = np.asarray(train["label"])
     assert -np.log(probs[np.arange(len(labels)), labels]).mean() == pytest.approx(gated.train_loss, rel=1e-4)

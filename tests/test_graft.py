@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import make_llama
-from skillgraft import graft
-from skillgraft.graft import GraftConfig, Mask, localize
+from skillgraft import grafting, masks, models
+from skillgraft.localization import GraftConfig, localize
+from skillgraft.masks import Mask
 from skillgraft.localization import init_scores, relaxed_frac
 
 
@@ -33,28 +34,28 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def small_delta(model: nn.Module, seed: int = 1, scale: float = 1e-2) -> dict[str, torch.Tensor]:
     """θ_ft = θ_pre·(1 + noise): same sign, within a factor 2, so θ_pre + (θ_ft − θ_pre) == θ_ft exactly."""
     gen = torch.Generator().manual_seed(seed)
-    pre = graft.snapshot(model)
+    pre = grafting.snapshot(model)
     ft = {n: p * (1 + scale * torch.randn(p.shape, generator=gen)) for n, p in pre.items()}
-    return graft.compute_delta(pre, ft), ft
+    return grafting.compute_delta(pre, ft), ft
 
 
 # ---------------------------------------------------------------------------- graftable parameters, masks
 def test_graftable_parameters_are_the_blocks_only(tiny_llama, tiny_roberta):
-    names = list(graft.graftable_parameters(tiny_llama))
+    names = list(models.graftable_parameters(tiny_llama))
     assert names and all(n.startswith("model.layers.") for n in names)
     assert "model.embed_tokens.weight" not in names and not any("lm_head" in n for n in names)
     assert any("layernorm" in n for n in names)  # norms are graftable
     total = sum(p.numel() for p in tiny_llama.parameters())
-    n = graft.num_graftable(tiny_llama)
+    n = models.num_graftable(tiny_llama)
     assert 0 < n < total
-    rob = graft.graftable_parameters(tiny_roberta)
+    rob = models.graftable_parameters(tiny_roberta)
     assert any(k.endswith("bias") for k in rob) and not any("embeddings" in k for k in rob)
 
 
 def test_sparsity_counts_graftable_parameters_only(tiny_llama):
     delta, _ = small_delta(tiny_llama)
-    n = graft.num_graftable(tiny_llama)
-    mask = graft.top_movement(delta, 0.1)
+    n = models.num_graftable(tiny_llama)
+    mask = masks.top_movement(delta, 0.1)
     assert mask.total == n and mask.count == round(0.1 * n)
     assert mask.sparsity == pytest.approx(round(0.1 * n) / n)
     assert Mask.full(delta, True).sparsity == 1.0 and Mask.full(delta, False).count == 0
@@ -63,9 +64,9 @@ def test_sparsity_counts_graftable_parameters_only(tiny_llama):
 def test_top_movement_exact_count_and_largest(tiny_llama):
     delta, _ = small_delta(tiny_llama)
     for s in (0.0, 1e-3, 0.013, 0.5, 1.0):
-        mask = graft.top_movement(delta, s)
-        assert mask.count == round(s * graft.num_graftable(tiny_llama))
-    mask = graft.top_movement(delta, 0.05)
+        mask = masks.top_movement(delta, s)
+        assert mask.count == round(s * models.num_graftable(tiny_llama))
+    mask = masks.top_movement(delta, 0.05)
     inside = torch.cat([d.abs()[mask[n]] for n, d in delta.items()])
     outside = torch.cat([d.abs()[~mask[n]] for n, d in delta.items()])
     assert inside.min() >= outside.max()
@@ -73,12 +74,12 @@ def test_top_movement_exact_count_and_largest(tiny_llama):
 
 def test_top_movement_breaks_ties_by_order():
     delta = {"a": torch.ones(4), "b": torch.ones(3), "c": torch.full((2,), 2.0)}
-    mask = graft.top_movement(delta, 5 / 9)  # 5 entries: both 2.0s, then the first three 1.0s
+    mask = masks.top_movement(delta, 5 / 9)  # 5 entries: both 2.0s, then the first three 1.0s
     assert mask["c"].all() and mask["a"].tolist() == [True, True, True, False] and not mask["b"].any()
     with pytest.raises(ValueError, match=r"sparsity must be a fraction in \[0, 1\]"):
-        graft.top_movement(delta, 1.5)
+        masks.top_movement(delta, 1.5)
     with pytest.raises(ValueError, match="NaN or infinite"):
-        graft.top_movement({"a": torch.tensor([float("nan"), 1.0])}, 0.5)
+        masks.top_movement({"a": torch.tensor([float("nan"), 1.0])}, 0.5)
 
 
 @pytest.mark.parametrize("k", [1, 7, 50, 333, 999, 1000])
@@ -91,16 +92,16 @@ def test_top_k_matches_a_full_sort_with_ties(k):
     order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:k]
     want = torch.zeros(flat.numel(), dtype=torch.bool)
     want[order] = True
-    got = graft._top_k(lambda: iter(scores.items()), k)
+    got = masks.top_k(lambda: iter(scores.items()), k).to_dense()
     assert torch.equal(torch.cat([m.reshape(-1) for m in got.values()]), want)
-    got_small_sample = graft._kth_largest(lambda: iter(scores.items()), k, sample=16)  # bound often too high
+    got_small_sample = masks._kth_largest(lambda: iter(scores.items()), k, sample=16)  # bound often too high
     assert float(got_small_sample) == float(flat.sort(descending=True).values[k - 1])
 
 
 def test_random_mask_exact_count_and_seeded(tiny_llama):
     delta, _ = small_delta(tiny_llama)
-    n = graft.num_graftable(tiny_llama)
-    a, b, c = (graft.random_mask(delta, 0.02, seed=s) for s in (0, 0, 1))
+    n = models.num_graftable(tiny_llama)
+    a, b, c = (masks.random_mask(delta, 0.02, seed=s) for s in (0, 0, 1))
     assert a.count == round(0.02 * n) == c.count
     assert a.equal(b) and not a.equal(c)
 
@@ -110,7 +111,7 @@ def test_random_mask_is_uniform_over_positions(sparsity):
     """Over many seeds every position is picked about sparsity·seeds times, in every parameter."""
     delta = {"a": torch.zeros(30), "b": torch.zeros(5, 10), "c": torch.zeros(20)}
     seeds = 2000
-    hits = sum(torch.cat([m.reshape(-1).double() for _, m in graft.random_mask(delta, sparsity, seed=s).items()])
+    hits = sum(torch.cat([m.reshape(-1).double() for _, m in masks.random_mask(delta, sparsity, seed=s).items()])
                for s in range(seeds))
     assert hits.sum() == seeds * round(sparsity * 100)            # exact count every time
     expected = seeds * sparsity
@@ -123,7 +124,7 @@ def test_random_mask_is_uniform_over_positions(sparsity):
 def test_sampling_without_replacement_is_distinct_and_in_range():
     gen = torch.Generator().manual_seed(0)
     for n, k in [(10, 10), (1000, 3), (10**8, 5000), (7, 0)]:
-        picks = graft._sample_without_replacement(n, k, gen)
+        picks = masks._sample_without_replacement(n, k, gen)
         assert picks.numel() == k == picks.unique().numel()
         assert k == 0 or (0 <= int(picks.min()) and int(picks.max()) < n)
 
@@ -142,16 +143,16 @@ def test_set_operations_and_overlap():
 
 def test_by_layer_module(tiny_llama, tiny_roberta):
     for model in (tiny_llama, tiny_roberta):
-        params = graft.graftable_parameters(model)
+        params = models.graftable_parameters(model)
         mask = Mask({n: torch.rand(p.shape, generator=torch.Generator().manual_seed(0)) < 0.3
                      for n, p in params.items()})
         df = mask.by_layer_module()
         assert set(df["module"]) == {"attention", "mlp", "norm"} and sorted(set(df["layer"])) == [0, 1]
         assert df["count"].sum() == mask.count and df["params"].sum() == mask.total
         assert df["share"].sum() == pytest.approx(1.0)
-    norm = graft.graftable_parameters(tiny_llama)["model.layers.1.post_attention_layernorm.weight"]
+    norm = models.graftable_parameters(tiny_llama)["model.layers.1.post_attention_layernorm.weight"]
     only = Mask({n: (torch.ones_like(p, dtype=torch.bool) if p is norm else torch.zeros_like(p, dtype=torch.bool))
-                 for n, p in graft.graftable_parameters(tiny_llama).items()})
+                 for n, p in models.graftable_parameters(tiny_llama).items()})
     row = only.by_layer_module().query("count > 0")
     assert row[["layer", "module"]].values.tolist() == [[1, "norm"]]
 
@@ -160,15 +161,15 @@ def test_by_layer_module(tiny_llama, tiny_roberta):
 def test_all_ones_gives_finetuned_all_zeros_gives_pretrained(tiny_llama):
     delta, ft = small_delta(tiny_llama)
     before = full_state(tiny_llama)
-    params = graft.graftable_parameters(tiny_llama)
-    with graft.grafted(tiny_llama, delta, Mask.full(delta, True)):
+    params = models.graftable_parameters(tiny_llama)
+    with grafting.grafted(tiny_llama, delta, Mask.full(delta, True)):
         assert all(torch.equal(params[n], ft[n]) for n in ft)
         assert torch.equal(tiny_llama.model.embed_tokens.weight, before["model.embed_tokens.weight"])
     assert same_bits(tiny_llama, before)
-    with graft.grafted(tiny_llama, delta, Mask.full(delta, False)):
+    with grafting.grafted(tiny_llama, delta, Mask.full(delta, False)):
         assert same_bits(tiny_llama, before)
-    mask = graft.top_movement(delta, 0.1)
-    with graft.grafted(tiny_llama, delta, mask):
+    mask = masks.top_movement(delta, 0.1)
+    with grafting.grafted(tiny_llama, delta, mask):
         changed = sum(int((params[n] != before[n]).sum()) for n in params)
         assert 0 < changed <= mask.count
     assert same_bits(tiny_llama, before)
@@ -178,17 +179,17 @@ def test_revert_is_bit_exact_also_on_error(tiny_llama):
     delta, _ = small_delta(tiny_llama)
     before = full_state(tiny_llama)
     with pytest.raises(RuntimeError, match="boom"):
-        with graft.grafted(tiny_llama, delta, graft.random_mask(delta, 0.3)):
+        with grafting.grafted(tiny_llama, delta, masks.random_mask(delta, 0.3)):
             raise RuntimeError("boom")
     assert same_bits(tiny_llama, before)
     with pytest.raises(RuntimeError, match="boom"):
-        with graft.apply_delta(tiny_llama, delta):
+        with grafting.apply_delta(tiny_llama, delta):
             raise RuntimeError("boom")
     assert same_bits(tiny_llama, before)
 
 
 def test_apply_delta_exact_revert_with_rounding_and_signed_zeros(tiny_llama):
-    params = graft.graftable_parameters(tiny_llama)
+    params = models.graftable_parameters(tiny_llama)
     name = next(iter(params))
     with torch.no_grad():
         params[name].view(-1)[:3] = torch.tensor([-0.0, 1e-30, 3.0])  # sign of zero and tiny values get lost in p + x − x
@@ -196,7 +197,7 @@ def test_apply_delta_exact_revert_with_rounding_and_signed_zeros(tiny_llama):
     gen = torch.Generator().manual_seed(0)
     for scale, size in ((1.0, 1e-3), (0.5, 1.0), (1.0, 100.0)):  # sparse undo log ... dense fallback
         delta = {n: size * torch.randn(p.shape, generator=gen) for n, p in params.items()}
-        with graft.apply_delta(tiny_llama, delta, scale=scale):
+        with grafting.apply_delta(tiny_llama, delta, scale=scale):
             assert all(torch.equal(p, before[n] + scale * delta[n]) for n, p in params.items())
         assert same_bits(tiny_llama, before)
 
@@ -204,30 +205,56 @@ def test_apply_delta_exact_revert_with_rounding_and_signed_zeros(tiny_llama):
 def test_grafted_refuses_foreign_delta(tiny_llama, tiny_roberta):
     delta, _ = small_delta(tiny_roberta)
     with pytest.raises(ValueError, match="unexpected name"):
-        with graft.grafted(tiny_llama, delta, Mask.full(delta, True)):
+        with grafting.grafted(tiny_llama, delta, Mask.full(delta, True)):
             pass
 
 
 # ---------------------------------------------------------------------------- save / load
 def test_save_load_round_trip(tiny_llama, tmp_path):
+    """One file per mask: its positions (8 bytes per grafted entry), with shapes, counts and meta in its header."""
+    from safetensors import safe_open
+
     delta, _ = small_delta(tiny_llama)
-    mask = graft.random_mask(delta, 0.1, seed=3)
+    mask = masks.random_mask(delta, 0.1, seed=3)
     path = mask.save(tmp_path / "sub" / "mask.safetensors")
-    info = json.loads(path.with_suffix(".json").read_text())
-    assert info["count"] == mask.count and info["meta"] == {"method": "random", "sparsity": 0.1, "seed": 3}
-    assert path.with_suffix(".json").read_text() == json.dumps(info, sort_keys=True, indent=2) + "\n"
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        assert sum(f.get_tensor(n).numel() for n in f.keys()) == mask.count
+    assert header["format"] == masks.FORMAT and int(header["count"]) == mask.count
+    assert json.loads(header["meta"]) == {"method": "random", "sparsity": 0.1, "seed": 3}
     for loaded in (Mask.load(path), Mask.load(path, model=tiny_llama)):
         assert loaded.equal(mask) and loaded.meta == mask.meta
         assert all(m.dtype == torch.bool for _, m in loaded.items())
-    assert sorted(p.name for p in path.parent.iterdir()) == ["mask.json", "mask.safetensors"]  # no temp files left
-    with pytest.raises(ValueError, match="name the tensors file"):
-        mask.save(tmp_path / "mask.json")
+    assert [p.name for p in path.parent.iterdir()] == ["mask.safetensors"]  # no temp files left
+
+
+def test_load_names_the_file_that_is_not_a_whole_mask(tiny_llama, tmp_path):
+    from safetensors.torch import save_file
+
+    delta, _ = small_delta(tiny_llama)
+    path = masks.random_mask(delta, 0.1, seed=3).save(tmp_path / "mask.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ValueError, match=r"cut\.safetensors is not a readable mask file \(truncated"):
+        Mask.load(cut)
+    save_file({"w": torch.ones(3)}, str(tmp_path / "weights.safetensors"))
+    with pytest.raises(ValueError, match=r"weights\.safetensors is not a skillgraft mask file"):
+        Mask.load(tmp_path / "weights.safetensors")
+    with pytest.raises(FileNotFoundError, match="no mask file at"):
+        Mask.load(tmp_path / "absent.safetensors")
+
+
+def test_positions_are_checked():
+    with pytest.raises(ValueError, match="fall outside its 4 entries"):
+        Mask.from_positions({"w": torch.tensor([0, 4])}, {"w": (2, 2)})
+    m = Mask.from_positions({"w": torch.tensor([3, 1, 1])}, {"w": (2, 2)})  # sorted, duplicates dropped
+    assert m.count == 2 and m.equal(Mask({"w": torch.tensor([[False, True], [False, True]])}))
 
 
 def test_load_refuses_mask_of_another_model(tiny_llama, tiny_roberta, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = Mask.full(graft.graftable_parameters(tiny_llama), True).save(tmp_path / "llama.safetensors")
+    path = Mask.full(models.graftable_parameters(tiny_llama), True).save(tmp_path / "llama.safetensors")
     with pytest.raises(ValueError, match=r"missing name\(s\).*roberta\.encoder.*unexpected name\(s\).*model\.layers"):
         Mask.load(path, model=tiny_roberta)
     wider = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=48, num_hidden_layers=2,
@@ -246,11 +273,11 @@ def test_stitch_averages_overlaps():
     m1 = Mask({"w": torch.tensor([1, 1, 0, 0], dtype=torch.bool)})
     m2 = Mask({"w": torch.tensor([0, 1, 1, 0], dtype=torch.bool)})
     d1, d2 = {"w": torch.tensor([1.0, 2.0, 3.0, 4.0])}, {"w": torch.tensor([10.0, 20.0, 30.0, 40.0])}
-    mask, delta = graft.stitch({"a": m1, "b": m2}, {"a": d1, "b": d2})
+    mask, delta = grafting.stitch({"a": m1, "b": m2}, {"a": d1, "b": d2})
     assert mask["w"].tolist() == [True, True, True, False] and mask.meta["tasks"] == ["a", "b"]
     assert delta["w"].tolist() == [1.0, 11.0, 30.0, 0.0]
     with pytest.raises(ValueError, match="one mask and one delta per task"):
-        graft.stitch({"a": m1}, {"b": d1})
+        grafting.stitch({"a": m1}, {"b": d1})
 
 
 # ---------------------------------------------------------------------------- localization on a toy
@@ -316,7 +343,7 @@ def test_update_rule_matches_hand_computed_step():
     assert same_bits(model, before)
     # by hand: θ = θ_pre + frac⊙δ, g = mean over the 4 batches of ∇θL ⊙ δ, one step on S
     s0 = init_scores(delta, 7)
-    gamma = graft.top_movement(delta, cfg.sparsity).masks
+    gamma = masks.top_movement(delta, cfg.sparsity).to_dense()
     theta = {n: (before[n] + relaxed_frac(s0[n], gamma[n], 10.0) * delta[n]).requires_grad_() for n in delta}
     grads = {n: torch.zeros_like(t) for n, t in theta.items()}
     for i in range(0, len(train), 16):
@@ -346,7 +373,7 @@ def test_step_on_the_patch_matches_a_float64_reference():
     before = full_state(model)
     res = localize(clf, delta, train, dev, cfg, progress=False)
     s0 = init_scores(delta, 7)
-    gamma = graft.top_movement(delta, cfg.sparsity).masks
+    gamma = masks.top_movement(delta, cfg.sparsity).to_dense()
     name = "model.layers.0.w"
     on = gamma[name]
     assert int(on.sum()) == 4
@@ -368,13 +395,13 @@ def test_localize_beats_top_movement_on_synthetic_problem():
     cfg = GraftConfig(sparsity=8 / 72, lr=1e9, epochs=3, batch_size=16)
     res = localize(clf, delta, train, dev, cfg, progress=False)
     assert same_bits(model, before)
-    base = graft.top_movement(delta, cfg.sparsity)
+    base = masks.top_movement(delta, cfg.sparsity)
     assert base.equal(res.base) and base["model.layers.1.u"].sum() == 8  # the base patch is all irrelevant
-    with graft.grafted(model, delta, base):
+    with grafting.grafted(model, delta, base):
         acc_base = clf.accuracy(dev)
-    with graft.grafted(model, delta, res.mask):
+    with grafting.grafted(model, delta, res.mask):
         acc_graft = clf.accuracy(dev)
-    with graft.apply_delta(model, delta):
+    with grafting.apply_delta(model, delta):
         acc_ft = clf.accuracy(dev)
     assert acc_ft == 1.0
     assert acc_graft >= 0.9 and acc_graft - acc_base >= 0.25
@@ -414,9 +441,9 @@ def test_gradient_base_picks_the_entries_that_help_the_task():
     got = res.base["model.layers.0.w"].nonzero().squeeze(1)
     assert res.base.count == 4 and res.base["model.layers.1.u"].sum() == 0
     assert torch.equal(got, want) and res.base.meta["method"] == "gradient"
-    with graft.grafted(model, delta, res.base):
+    with grafting.grafted(model, delta, res.base):
         acc_gradient = clf.accuracy(dev)
-    with graft.grafted(model, delta, graft.top_movement(delta, 4 / 72)):
+    with grafting.grafted(model, delta, masks.top_movement(delta, 4 / 72)):
         acc_movement = clf.accuracy(dev)
     assert acc_gradient > acc_movement
 
@@ -451,7 +478,7 @@ def test_localize_on_tiny_llama_restores_weights(tokenizer):
                    progress=False)
     assert model.training and same_bits(model, before)
     assert all(p.grad is None for p in model.parameters())
-    assert res.mask.total == graft.num_graftable(model) and res.base.count == round(0.01 * res.mask.total)
+    assert res.mask.total == models.num_graftable(model) and res.base.count == round(0.01 * res.mask.total)
     assert list(res.history.columns) == ["epoch", "count", "sparsity", "added", "removed", "train_acc", "dev_acc",
                                          "loss", "gd_abs_mean", "gd_abs_max", "step_abs_max", "seconds_step",
                                          "seconds_eval"]

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from skillgraft import experiments as ex
+from skillgraft import chapters as ex
 from skillgraft import lab as lab_module
 from skillgraft.finetune import FinetuneConfig
 from skillgraft.localization import GraftConfig
+from skillgraft import recipes
+from skillgraft.recipes import TopMovement
 from test_tasks import corpora  # noqa: F401  (fixture: small corpora under a fresh SKILLGRAFT_HOME)
 
 
@@ -23,7 +25,7 @@ def setting(corpora, tiny_llama_dir):  # noqa: F811
 
 def test_single_task_frame_and_cache(setting, monkeypatch):
     sparsities = [0.01, 0.05]
-    first = ex.single_task(["mr"], [13], sparsities, setting)
+    first = ex.single_task.single_task(["mr"], [13], sparsities, setting)
     res = first.results
     assert sorted(res.variant.unique()) == ["fine-tuned", "graft", "random", "top-movement", "zero-shot"]
     assert len(res) == 2 + 3 * (len(sparsities) + 1)  # refined at each sparsity, grown once
@@ -45,19 +47,19 @@ def test_single_task_frame_and_cache(setting, monkeypatch):
     # a second run computes nothing: fine-tuning and localization would fail if called
     def boom(*a, **k):
         raise AssertionError("recomputed a cached step")
-    monkeypatch.setattr(lab_module.ft, "finetune", boom)
-    monkeypatch.setattr(lab_module, "localize", boom)
+    monkeypatch.setattr(recipes, "finetune", boom)
+    monkeypatch.setattr(recipes, "localize", boom)
     lab_module._LABS.clear()
-    again = ex.single_task(["mr"], [13], sparsities, setting)
+    again = ex.single_task.single_task(["mr"], [13], sparsities, setting)
     assert again.results.equals(first.results)
 
 
 def test_masks_are_stored_as_positions(setting):
     lab = setting.lab()
-    dspec = lab.delta_spec("mr", setting.k, 13, setting.finetune)
-    mspec = lab.mask_spec(dspec, "graft", 0.05, task="mr", cfg=setting.graft)
+    dspec = lab.fine_tune("mr", setting.k, 13, setting.finetune)
+    mspec = lab.graft(dspec, "mr", 0.05, setting.graft)
     mask = lab.mask(mspec)
-    entry = lab.store.load("mask", mspec)
+    entry = lab.store.load(mspec)
     stored = sum(t.numel() for t in entry.tensors.values())
     assert stored == mask.count < mask.total                  # one integer per grafted entry, not one per parameter
     lab_module._LABS.clear()
@@ -66,7 +68,7 @@ def test_masks_are_stored_as_positions(setting):
 
 
 def _graftable(setting) -> int:
-    from skillgraft.graft import num_graftable
+    from skillgraft.models import num_graftable
 
     return num_graftable(setting.lab().lm.model)
 
@@ -75,7 +77,7 @@ def test_multitask_regions_from_both_base_patches(setting):
     import dataclasses
 
     setting.graft = dataclasses.replace(setting.graft, base="gradient")
-    res = ex.multitask(["mr", "cr"], 13, 0.05, setting, compare_bases=True)
+    res = ex.multitask.multitask(["mr", "cr"], 13, 0.05, setting, compare_bases=True)
     assert list(res.overlap.index) == ["mr", "cr"] and np.allclose(np.diag(res.overlap.values), 1.0)
     assert res.alt_base == "movement" and res.alt_overlap.shape == (2, 2)
     # from the official base patch both tasks start from the same top-|δ| patch of the one delta
@@ -86,17 +88,17 @@ def test_multitask_regions_from_both_base_patches(setting):
 
 def test_multitask_localizes_the_other_base_only_when_asked(setting, monkeypatch):
     calls = []
-    real = lab_module.localize
-    monkeypatch.setattr(lab_module, "localize", lambda *a, **k: calls.append(a[-1].base) or real(*a, **k))
-    res = ex.multitask(["mr", "cr"], 13, 0.05, setting)
+    real = recipes.localize
+    monkeypatch.setattr(recipes, "localize", lambda *a, **k: calls.append(a[-1].base) or real(*a, **k))
+    res = ex.multitask.multitask(["mr", "cr"], 13, 0.05, setting)
     assert res.alt_overlap is None and res.alt_base == "" and calls == ["movement", "movement"]
 
 
 def _count_predictions(lab, monkeypatch) -> list:
     """One item per prediction entry ``lab`` writes from now on (each one computed)."""
     calls, real = [], lab.store.save
-    monkeypatch.setattr(lab.store, "save", lambda kind, *a, **k: (calls.append(1) if kind == "probs" else None)
-                        or real(kind, *a, **k))
+    monkeypatch.setattr(lab.store, "save", lambda recipe, *a, **k: (calls.append(1) if recipe.kind == "probs"
+                                                                    else None) or real(recipe, *a, **k))
     return calls
 
 
@@ -113,27 +115,27 @@ def test_predictions_are_shared_by_identical_prompts_and_masks(setting, monkeypa
     assert len(calls) == 2
 
     # a step of size 0 cannot move the mask: the graft keeps its base patch, the top-movement mask
-    dspec = lab.delta_spec("mr", setting.k, 13, setting.finetune)
+    dspec = lab.fine_tune("mr", setting.k, 13, setting.finetune)
     still = dataclasses.replace(setting.graft, lr=0.0)
-    graft = lab.mask_spec(dspec, "graft", 0.05, task="mr", cfg=still)
-    top = lab.mask_spec(dspec, "top-movement", 0.05)
-    assert lab.mask(graft).equal(lab.mask(top)) and lab.store.load_meta("mask", graft)["best_epoch"] == 0
+    graft = lab.graft(dspec, "mr", 0.05, still)
+    top = TopMovement(dspec, 0.05)
+    assert lab.mask(graft).equal(lab.mask(top)) and lab.store.load_meta(graft)["best_epoch"] == 0
     n = len(calls)
     pg, _ = lab.predict("mr", lab_module.Variant("graft", dspec, graft, 0.05))
     pt, _ = lab.predict("mr", lab_module.Variant("top-movement", dspec, top, 0.05))
     assert len(calls) == n + 1 and np.array_equal(pg, pt)
     # from the gradient base patch the graft is another mask: its predictions are its own
-    other = lab.mask_spec(dspec, "graft", 0.05, task="mr", cfg=dataclasses.replace(still, base="gradient"))
+    other = lab.graft(dspec, "mr", 0.05, dataclasses.replace(still, base="gradient"))
     lab.predict("mr", lab_module.Variant("graft", dspec, other, 0.05))
     assert len(calls) == n + 2
 
 
 def test_continual_shares_its_first_stage(setting):
     lab = setting.lab()
-    single = lab.delta_spec("mr", setting.k, 13, setting.finetune)
-    assert lab.delta_spec(["mr", "cr"], setting.k, 13, setting.finetune, mode="sequential", stage=0) == single
+    single = lab.fine_tune("mr", setting.k, 13, setting.finetune)
+    assert lab.fine_tune(["mr", "cr"], setting.k, 13, setting.finetune, mode="sequential", stage=0) == single
     first = {n: t.clone() for n, t in lab.delta(single).items()}
-    res = ex.continual(["mr", "cr"], 13, 0.05, setting, with_multitask=True)
+    res = ex.continual.continual(["mr", "cr"], 13, 0.05, setting, with_multitask=True)
     assert set(res.matrices) == {"sequential", "graft (task known)", "stitched", "multitask"}
     assert res.matrices["multitask"].shape == (1, 2) and res.summary.method.tolist()[-1] == "multitask"
     r = res.matrices
@@ -142,9 +144,10 @@ def test_continual_shares_its_first_stage(setting):
     assert r["sequential"].iloc[0, 0] == (probs.argmax(1) == labels).mean()
     # the stored single-task delta was not trained again: the sequence went on from it
     assert all(torch.equal(first[n], lab.delta(single)[n]) for n in first)
-    stage1 = lab.delta_spec(["mr", "cr"], setting.k, 13, setting.finetune, mode="sequential", stage=1)
-    assert lab.store.load_meta("delta", stage1)["history"][0]["task"] == 1
-    assert lab.store.load_meta("delta", {**stage1, "stage": 0}) is None  # stage 0 lives under the single spec only
+    stage1 = lab.fine_tune(["mr", "cr"], setting.k, 13, setting.finetune, mode="sequential", stage=1)
+    assert lab.store.load_meta(stage1)["history"][0]["task"] == 1
+    stage2 = lab.fine_tune(["mr", "cr", "mr"], setting.k, 13, setting.finetune, mode="sequential", stage=2)
+    assert lab.store.load_meta(stage2) is None  # another sequence: not computed
 
 
 def test_computations_report_their_stage(setting, monkeypatch):
@@ -155,7 +158,7 @@ def test_computations_report_their_stage(setting, monkeypatch):
     seen = []
     monkeypatch.setenv(progress.ENV, "/dev/null")
     monkeypatch.setattr(progress, "_write", lambda path, record: seen.append(record))
-    ex.single_task(["mr"], [13], [0.05], setting, starts=("refine",))
+    ex.single_task.single_task(["mr"], [13], [0.05], setting, starts=("refine",))
     whats = {r["what"] for r in seen}
     assert "fine-tuning mr, seed 13" in whats and "localizing mr (refine), seed 13" in whats
     assert any(w.startswith("predicting mr test, 12 examples") for w in whats)
@@ -163,13 +166,13 @@ def test_computations_report_their_stage(setting, monkeypatch):
     assert [r["done"] for r in steps] == [1, 2, 3, 4] and steps[-1]["total"] == 4
     seen.clear()
     lab_module._LABS.clear()
-    ex.single_task(["mr"], [13], [0.05], setting, starts=("refine",))
+    ex.single_task.single_task(["mr"], [13], [0.05], setting, starts=("refine",))
     assert seen == []
 
 
 def test_caveats_name_seeds_fit_equal_masks_and_gain(setting):
-    res = ex.single_task(["mr"], [13, 21], [0.05], setting, starts=("refine",))
-    text = ex.caveats(res, setting, start="refine")
+    res = ex.single_task.single_task(["mr"], [13, 21], [0.05], setting, starts=("refine",))
+    text = ex.common.caveats(res, setting, start="refine")
     assert text.startswith("2 data seeds × 12 test examples per task")
     fits = bool(res.regime["fit"].all())
     assert ("every kept checkpoint fits its train set" in text) == fits
@@ -177,4 +180,4 @@ def test_caveats_name_seeds_fit_equal_masks_and_gain(setting):
     assert (f"{same} of 2 grafts equal their top-movement mask" in text) == (same > 0)
     acc = res.results.groupby("variant")["accuracy"].mean()
     assert f"fine-tuning gained {100 * (acc['fine-tuned'] - acc['zero-shot']):+.1f} points" in text
-    assert ex.caveats(res, setting, seeds=[13]).startswith("one data seed (13): no interval")
+    assert ex.common.caveats(res, setting, seeds=[13]).startswith("one data seed (13): no interval")

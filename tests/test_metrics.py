@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from skillgraft import metrics as M
+from skillgraft.masks import Mask
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -135,14 +135,14 @@ def masks():
     # parameter "w" has 6 entries, "b" has 2 → 8 positions in all
     a = {"w": torch.tensor([[1, 1, 0], [0, 0, 0]], dtype=torch.bool), "b": torch.tensor([True, False])}  # |a| = 3
     b = {"w": np.array([[1, 0, 1], [1, 0, 0]], dtype=bool), "b": np.array([True, True])}             # |b| = 5
-    c = SimpleNamespace(tensors={"w": torch.zeros(2, 3), "b": torch.tensor([0.0, 1.0])})           # |c| = 1
+    c = Mask({"w": torch.zeros(2, 3, dtype=torch.bool), "b": torch.tensor([False, True])})        # |c| = 1
     return {"a": a, "b": b, "c": c}
 
 
-def test_mask_objects_with_masks_attribute(masks):
-    # graft.Mask keeps its dict as `.masks`; the same overlap must come out
-    as_object = SimpleNamespace(masks=masks["b"])
-    assert M.overlap(masks["a"], as_object) == M.overlap(masks["a"], masks["b"])
+def test_a_mask_and_its_dense_tensors_overlap_alike(masks):
+    as_mask = M.as_mask(masks["b"])
+    assert as_mask.count == 5 and M.overlap(masks["a"], as_mask) == M.overlap(masks["a"], masks["b"])
+    assert M.overlap(masks["a"], as_mask.to_dense()) == M.overlap(masks["a"], masks["b"])
 
 
 def test_overlap_and_jaccard_hand_values(masks):
@@ -164,7 +164,7 @@ def test_missing_names_count_as_false_and_shapes_must_agree(masks):
         M.overlap(masks["a"], {"b": np.ones(3, bool)})
     with pytest.raises(ValueError, match="boolean or 0/1"):
         M.overlap(masks["a"], {"b": np.array([0.5, 1.0])})
-    with pytest.raises(TypeError, match="tensors"):
+    with pytest.raises(TypeError, match="a Mask or a dict"):
         M.overlap(masks["a"], [1, 0])
 
 

@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("dask.distributed")
 
-from skillgraft import cli, experiments as ex, lab as lab_module, sweep  # noqa: E402
+from skillgraft import chapters as chapter_modules, cli, lab as lab_module, recipes, sweep  # noqa: E402
 from test_tasks import corpora  # noqa: E402,F401  (fixture: small corpora under a fresh SKILLGRAFT_HOME)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,15 +49,17 @@ def tiny(corpora, tiny_llama_dir):  # noqa: F811
 
 def test_notebooks_call_the_experiments_the_sweep_plans():
     """The sweep plans each chapter by the call its notebook makes: they must not drift apart."""
-    calls = {"01_single_task_grafting": "ex.single_task(tasks, seeds, sparsities, setting)",
-             "02_calibration": "ex.calibration(tasks, seeds, claim_sparsity, setting, n_bins=ece_bins)",
-             "03_ood": "ex.ood(sources, targets, seeds, claim_sparsity, setting)",
-             "04_multitask": "ex.multitask(tasks, seed, claim_sparsity, setting, compare_bases=compare_bases)",
-             "05_continual_learning": "ex.continual(sequence, seeds, claim_sparsity, setting, with_multitask=with_multitask)"}
-    assert set(calls) == set(sweep.CHAPTERS)
-    for name, call in calls.items():
+    import inspect
+
+    assert set(sweep.CHAPTERS) == set(chapter_modules.CHAPTERS)
+    for name, module in chapter_modules.CHAPTERS.items():
         text = (ROOT / "notebooks" / f"{name}.ipynb").read_text()
-        assert call.replace('"', '\\"') in text, name
+        assert f"from skillgraft.chapters import {module.__name__.rsplit('.', 1)[1]} as chapter" in text, name
+        # the call run() makes, with the notebook's own names: setting for the Setting, p["x"] for x
+        call = inspect.getsource(module.run).split("return ", 1)[1].strip()
+        call = re.sub(r'p\["(\w+)"\]', r"\1", call).replace("setting or Setting.from_params(**p)", "setting")
+        call = "chapter." + " ".join(call.split())
+        assert call.replace('"', '\\"') in " ".join(text.replace("\\n", " ").split()), (name, call)
 
 
 def test_plan_shares_steps_and_orders_dependencies(tiny):
@@ -71,7 +73,8 @@ def test_plan_shares_steps_and_orders_dependencies(tiny):
     # a prediction is planned only from real specs: zero-shot, or a fine-tuned delta it waits for; the masks'
     # predictions (and the baselines of a graft's final size) wait for the next wave, after the grafts exist
     probs = [s for s in steps if s.kind == "probs"]
-    assert {s.call[1][1].name for s in probs} == {"zero-shot", "fine-tuned"}
+    assert {"zero-shot" if s.recipe.delta is None else type(s.recipe.delta).__name__ for s in probs} == {"zero-shot", "FineTune"}
+    assert all(s.recipe.mask is None for s in probs)
     assert all(set(s.needs) <= {delta.key} for s in probs)
     assert not (home / "cache").exists() or not list((home / "cache").glob("*/*/meta.json"))  # planning wrote nothing
 
@@ -95,7 +98,7 @@ def test_sweep_matches_a_serial_run_and_the_chapter_then_computes_nothing(tiny, 
     torch.set_num_threads(1)  # the threads of each worker: a sweep must not depend on them either
     try:
         for name, params in chapters:
-            sweep.CHAPTERS[name](params, ex.Setting.from_params(**params))
+            sweep.CHAPTERS[name](params, chapter_modules.Setting.from_params(**params))
     finally:
         torch.set_num_threads(threads)
     serial = {k: v for k, v in entries(serial_home).items() if k[0] in ("delta", "mask", "probs")}
@@ -106,11 +109,11 @@ def test_sweep_matches_a_serial_run_and_the_chapter_then_computes_nothing(tiny, 
 
     def boom(*a, **k):
         raise AssertionError("a step was computed after the sweep")
-    monkeypatch.setattr(lab_module.ft, "finetune", boom)
-    monkeypatch.setattr(lab_module, "localize", boom)
+    monkeypatch.setattr(recipes, "finetune", boom)
+    monkeypatch.setattr(recipes, "localize", boom)
     monkeypatch.setattr("skillgraft.prompt.PromptClassifier.predict_proba", boom)
     for name, params in chapters:
-        sweep.CHAPTERS[name](params, ex.Setting.from_params(**params))
+        sweep.CHAPTERS[name](params, chapter_modules.Setting.from_params(**params))
     again = sweep.sweep(chapters, workers=1, home=str(home), stream=sys.stderr)
     assert again.steps == [] and again.waves == 0
 
@@ -135,7 +138,7 @@ def test_two_workers_racing_on_one_key_leave_one_valid_entry(tiny):
     folder = home / "cache" / "delta"
     assert [p.name for p in folder.iterdir()] == [delta.key]  # one entry, no temporary folder left
     lab_module._LABS.clear()
-    assert ex.Setting.from_params(**chapter("01", model)[1]).lab().store.load("delta", delta.call[1]) is not None
+    assert chapter_modules.Setting.from_params(**chapter("01", model)[1]).lab().store.load(delta.recipe) is not None
 
 
 KILL_FLAG = "SKILLGRAFT_TEST_KILL_ONCE"

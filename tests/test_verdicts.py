@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from skillgraft import verdicts as vd
+from skillgraft.chapters import calibration as c02, continual as c05, multitask as c04, ood as c03, single_task as c01
 from skillgraft.verdicts import Interval
 
 
@@ -67,56 +68,76 @@ def _c1(gain=(0.1, 0.05, 0.15), recovery=(0.99, 0.96, 1.02), normalized=(0.9, 0.
 
 
 def test_c1_rules():
-    assert vd.c1_recovery({"a": _c1(), "b": _c1()}).verdict == "reproduced"
+    assert c01.rule({"a": _c1(), "b": _c1()}).verdict == "reproduced"
     # the point estimate clears 95% but the interval reaches below: only partly
-    assert vd.c1_recovery({"a": _c1(recovery=(0.97, 0.93, 1.0))}).verdict == "partly reproduced"
+    assert c01.rule({"a": _c1(recovery=(0.97, 0.93, 1.0))}).verdict == "partly reproduced"
     # holds firmly on one tested task, fails on the other
     mixed = {"a": _c1(), "b": _c1(recovery=(0.9, 0.85, 0.95))}
-    assert vd.c1_recovery(mixed).verdict == "partly reproduced"
-    assert vd.c1_recovery({"a": _c1(recovery=(0.9, 0.85, 0.95))}).verdict == "not reproduced"
+    assert c01.rule(mixed).verdict == "partly reproduced"
+    assert c01.rule({"a": _c1(recovery=(0.9, 0.85, 0.95))}).verdict == "not reproduced"
     # no better than a random mask of the same size: not reproduced, however high the recovery
-    assert vd.c1_recovery({"a": _c1(vs_random=(0.0, -0.02, 0.02))}).verdict == "not reproduced"
+    assert c01.rule({"a": _c1(vs_random=(0.0, -0.02, 0.02))}).verdict == "not reproduced"
     # a task where fine-tuning did not gain does not count; with no gain anywhere: not tested
-    untested = vd.c1_recovery({"a": _c1(gain=(0.01, -0.02, 0.04))})
+    untested = c01.rule({"a": _c1(gain=(0.01, -0.02, 0.04))})
     assert untested.verdict == "not tested" and "cannot be tested" in untested.report()
-    assert vd.c1_recovery({}).verdict == "not tested"                     # an empty selection
-    assert vd.c1_recovery({"a": _c1(), "b": _c1(gain=(0.0, -0.1, 0.1), recovery=(0.5, 0.4, 0.6))}).verdict \
+    assert c01.rule({}).verdict == "not tested"                     # an empty selection
+    assert c01.rule({"a": _c1(), "b": _c1(gain=(0.0, -0.1, 0.1), recovery=(0.5, 0.4, 0.6))}).verdict \
         == "reproduced"                                                   # the untested task is left out
 
 
 def test_c2_rules():
-    assert vd.c2_calibration(Interval(0.6, 0.4, 0.8), Interval(0.05, 0.03, 0.07)).verdict == "reproduced"
-    assert vd.c2_calibration(Interval(0.2, 0.1, 0.3), Interval(0.02, 0.01, 0.03)).verdict == "partly reproduced"
-    no_diff = vd.c2_calibration(Interval(0.5, -0.2, 0.9), Interval(0.03, -0.01, 0.07))
+    assert c02.rule(Interval(0.6, 0.4, 0.8), Interval(0.05, 0.03, 0.07)).verdict == "reproduced"
+    assert c02.rule(Interval(0.2, 0.1, 0.3), Interval(0.02, 0.01, 0.03)).verdict == "partly reproduced"
+    no_diff = c02.rule(Interval(0.5, -0.2, 0.9), Interval(0.03, -0.01, 0.07))
     assert no_diff.verdict == "not reproduced" and "no difference" in no_diff.report()
-    assert vd.c2_calibration(Interval(-0.5, -0.8, -0.2), Interval(-0.03, -0.05, -0.01)).verdict == "not reproduced"
-    assert vd.c2_calibration(None, None).verdict == "not tested"
+    assert c02.rule(Interval(-0.5, -0.8, -0.2), Interval(-0.03, -0.05, -0.01)).verdict == "not reproduced"
+    assert c02.rule(None, None).verdict == "not tested"
 
 
 def test_c3_rules():
     up, zero, down = Interval(0.03, 0.01, 0.05), Interval(0.0, -0.02, 0.02), Interval(-0.03, -0.05, -0.01)
-    assert vd.c3_ood(up, {"x": up, "y": zero}).verdict == "reproduced"
-    assert vd.c3_ood(zero, {"x": up, "y": down}).verdict == "partly reproduced"
-    assert vd.c3_ood(zero, {"x": zero, "y": down}).verdict == "not reproduced"
-    assert vd.c3_ood(None, {}).verdict == "not tested"
+    assert c03.rule(up, {"x": up, "y": zero}).verdict == "reproduced"
+    assert c03.rule(zero, {"x": up, "y": down}).verdict == "partly reproduced"
+    assert c03.rule(zero, {"x": zero, "y": down}).verdict == "not reproduced"
+    assert c03.rule(None, {}).verdict == "not tested"
 
 
 def test_c4_rules():
-    assert vd.c4_disjoint(0.05, 1e-4, 0.5, 3).verdict == "reproduced"
-    assert vd.c4_disjoint(0.05, 1e-4, -0.5, 3).verdict == "partly reproduced"
-    assert vd.c4_disjoint(0.40, 1e-4, 0.9, 3).verdict == "not reproduced"
-    assert vd.c4_disjoint(vd.DISJOINT, 1e-4, 0.9, 3).verdict == "not reproduced"   # the threshold is strict
-    assert vd.c4_disjoint(None, 0.0, np.nan, 0).verdict == "not tested"
+    assert c04.rule(0.05, 1e-4, 0.5, 3).verdict == "reproduced"
+    assert c04.rule(0.05, 1e-4, -0.5, 3).verdict == "partly reproduced"
+    assert c04.rule(0.40, 1e-4, 0.9, 3).verdict == "not reproduced"
+    assert c04.rule(c04.DISJOINT, 1e-4, 0.9, 3).verdict == "not reproduced"   # the threshold is strict
+    assert c04.rule(None, 0.0, np.nan, 0).verdict == "not tested"
 
 
 def test_c5_rules():
     up, zero, down = Interval(0.03, 0.01, 0.05), Interval(0.0, -0.02, 0.02), Interval(-0.03, -0.05, -0.01)
-    assert vd.c5_continual(up, zero).verdict == "reproduced"
-    assert vd.c5_continual(up, down).verdict == "partly reproduced"
-    assert vd.c5_continual(zero, up).verdict == "not reproduced"
-    assert vd.c5_continual(None, None).verdict == "not tested"
+    assert c05.rule(up, zero).verdict == "reproduced"
+    assert c05.rule(up, down).verdict == "partly reproduced"
+    assert c05.rule(zero, up).verdict == "not reproduced"
+    assert c05.rule(None, None).verdict == "not tested"
 
 
 def test_verdict_names_are_checked():
     with pytest.raises(ValueError, match="verdict must be one of"):
         vd.Verdict("C1", "sort of")
+
+
+def test_c4_verdict_on_a_hand_made_result():
+    """The chapter's own summary of its result: the mean off-diagonal overlap and the rank
+    correlation with task similarity; one task (an empty selection of pairs) is not tested."""
+    import pandas as pd
+    from types import SimpleNamespace
+
+    names = ["a", "b", "c"]
+    overlap = pd.DataFrame([[1, .02, .04], [.03, 1, .05], [.01, .06, 1]], index=names, columns=names)
+    rnd = pd.DataFrame(np.full((3, 3), 1e-4), index=names, columns=names)
+    sim = pd.DataFrame({"similarity": [0.1, 0.5, 0.9], "overlap": [0.02, 0.03, 0.05]})
+    res = SimpleNamespace(overlap=overlap, random_overlap=rnd, similarity=sim)
+    summary = c04.overlap_summary(res)
+    assert summary["mean_overlap"] == pytest.approx(0.035) and summary["rho"].rho == pytest.approx(1.0)
+    assert c04.verdict(res).verdict == "reproduced"
+    res.similarity = sim.assign(overlap=[0.05, 0.03, 0.02])           # overlap falls with similarity
+    assert c04.verdict(res).verdict == "partly reproduced"
+    one = SimpleNamespace(overlap=overlap.iloc[:1, :1], random_overlap=rnd.iloc[:1, :1], similarity=sim.iloc[:0])
+    assert c04.verdict(one).verdict == "not tested"

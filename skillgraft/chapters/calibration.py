@@ -1,0 +1,98 @@
+"""Chapter 02, claim C2: grafted models are better calibrated than fine-tuned ones.
+
+Zero-shot, fine-tuned (plain and temperature-scaled on dev) and grafted models; ECE and
+reliability bins. The verdict rule and its threshold are fixed here and unit-tested.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics as mt
+from .. import verdicts
+from ..lab import Variant
+from ..verdicts import Interval, Verdict
+from .common import Setting, caveats, fine_tune_regime, graft_regime, scores
+
+__all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "rule", "caveats"]
+
+
+ECE_REDUCTION = 0.40   # the low end of the paper's "40-90% lower calibration error"
+
+
+def run(p: dict, setting: Setting | None = None) -> "Calibration":
+    """The chapter from its notebook's parameters (as the notebook calls it)."""
+    return calibration(p["tasks"], p["seeds"], p["claim_sparsity"], setting or Setting.from_params(**p),
+                       n_bins=p["ece_bins"])
+
+
+@dataclass
+class Calibration:
+    results: pd.DataFrame      # task, seed, variant, accuracy, ece, brier, nll, confidence, temperature
+    reliability: pd.DataFrame  # task, variant, bin, lower, upper, count, confidence, accuracy, gap (seeds pooled)
+    probs: dict = field(default_factory=dict)  # (task, seed, variant) -> (probs, labels) on the test set
+    regime: pd.DataFrame = None  # fine_tune_regime of the fine-tunes
+    grafts: pd.DataFrame = None  # graft_regime of the grafts
+
+
+def calibration(tasks: list[str], seeds: list[int], sparsity: float, setting: Setting, n_bins: int = 10) -> Calibration:
+    """Zero-shot, fine-tuned (plain and temperature-scaled on dev) and grafted models;
+    ECE and reliability bins with ``n_bins`` equal-width confidence bins."""
+    lab = setting.lab()
+    rows, pooled, kept, dspecs, gspecs = [], {}, {}, [], []
+    for task, seed in itertools.product(tasks, seeds):
+        dspec = lab.fine_tune(task, setting.k, seed, setting.finetune)
+        mspec = lab.graft(dspec, task, sparsity, setting.graft)
+        dspecs.append((dict(task=task, seed=seed), dspec))
+        gspecs.append((dict(task=task, seed=seed), mspec))
+        variants = [Variant("zero-shot"), Variant("fine-tuned", delta=dspec), Variant("graft", dspec, mspec, sparsity)]
+        for v in variants:
+            probs, labels = lab.predict(task, v)
+            kept[task, seed, v.name] = (probs, labels)
+            rows.append(dict(task=task, seed=seed, variant=v.name, temperature=1.0, **scores(probs, labels, n_bins)))
+            pooled.setdefault((task, v.name), []).append((probs, labels))
+        # temperature scaling of the fine-tuned model, fitted on its dev predictions
+        dev_probs, dev_labels = lab.predict(task, variants[1], split="dev", k=setting.k, seed=seed)
+        temp = mt.fit_temperature(np.log(np.clip(dev_probs, 1e-12, None)), dev_labels)
+        probs, labels = pooled[(task, "fine-tuned")][-1]
+        scaled = mt.softmax(np.log(np.clip(probs, 1e-12, None)), temperature=temp)
+        rows.append(dict(task=task, seed=seed, variant="fine-tuned+TS", temperature=temp, **scores(scaled, labels, n_bins)))
+        pooled.setdefault((task, "fine-tuned+TS"), []).append((scaled, labels))
+        kept[task, seed, "fine-tuned+TS"] = (scaled, labels)
+    bins = []
+    for (task, variant), parts in pooled.items():
+        probs = np.concatenate([p for p, _ in parts])
+        labels = np.concatenate([y for _, y in parts])
+        bins.append(mt.reliability_bins(probs, labels, n_bins).assign(task=task, variant=variant,
+                                                                       ece=mt.ece(probs, labels, n_bins)))
+    return Calibration(pd.DataFrame(rows), pd.concat(bins, ignore_index=True), kept,
+                       fine_tune_regime(lab, dspecs), graft_regime(lab, gspecs))
+
+
+def intervals(cal: Calibration, n_bins: int = 10, against: str = "fine-tuned", **kw) -> tuple:
+    """(relative ECE reduction, ECE gap) of the graft against ``against``, over all tasks and
+    seeds (each task × seed a bootstrap group), for :func:`rule`."""
+    groups = [(cal.probs[t, s, "graft"][0], cal.probs[t, s, against][0], cal.probs[t, s, "graft"][1])
+              for t, s, v in cal.probs if v == "graft"]
+    if not groups:
+        return None, None
+    return verdicts.ece_reduction(groups, n_bins, **kw), verdicts.ece_gap(groups, n_bins, **kw)
+
+
+
+def rule(reduction: Interval | None, gap: Interval | None) -> Verdict:
+    """C2 from the pooled ECE ``gap`` (fine-tuned − graft; positive: the graft is better
+    calibrated) and the relative ``reduction``. Reproduced: the gap is above zero and the
+    reduction ≥ 40%; partly: the gap is above zero, the reduction below 40%; not
+    reproduced: no difference or the graft is worse; not tested: nothing to compare."""
+    if reduction is None or gap is None:
+        return Verdict("C2", "not tested", ("no graft and fine-tuned model to compare",))
+    reasons = (f"ECE fine-tuned − graft {gap.fmt('+.3f')}"
+               + (" (no difference)" if gap.sign == 0 else ""),
+               f"relative ECE reduction {reduction.fmt('.0%')} (the paper: 40-90%)")
+    verdict = ("reproduced" if gap.sign > 0 and reduction.estimate >= ECE_REDUCTION
+               else "partly reproduced" if gap.sign > 0 else "not reproduced")
+    return Verdict("C2", verdict, reasons)

@@ -1,0 +1,152 @@
+"""Chapter 05, claim C5: grafting keeps earlier skills in continual learning.
+
+Learn a sequence of tasks one after another; compare plain sequential fine-tuning with
+grafts of each stage's own update (task known) and with their stitched union (task
+unknown). The verdict rule is fixed here and unit-tested.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics as mt
+from .. import verdicts
+from ..lab import Variant
+from ..models import num_graftable
+from ..recipes import Difference, Stitch
+from ..verdicts import Interval, Verdict
+from .common import Setting, caveats, fine_tune_regime, graft_regime, pooled
+
+__all__ = ["CONTINUAL_METHODS", "Continual", "run", "continual", "intervals", "rule", "caveats"]
+
+
+def run(p: dict, setting: Setting | None = None) -> "Continual":
+    """The chapter from its notebook's parameters (as the notebook calls it)."""
+    return continual(p["sequence"], p["seeds"], p["claim_sparsity"], setting or Setting.from_params(**p),
+                     with_multitask=p["with_multitask"])
+
+
+# ---------------------------------------------------------------------------- 05: continual learning
+CONTINUAL_METHODS = ("sequential", "graft (task known)", "stitched")
+
+
+@dataclass
+class Continual:
+    matrices: dict            # method -> accuracy matrix R (after stage t, on task j), mean over seeds
+    summary: pd.DataFrame     # method, average_accuracy, backward_transfer, forgetting (means over seeds)
+    regions: pd.DataFrame     # seed, stage, task, region size, sparsity
+    per_seed: pd.DataFrame = None  # seed, method, average_accuracy, backward_transfer, forgetting
+    probs: dict = field(default_factory=dict)  # (seed, method, stage t, task j) -> (probs, labels)
+    regime: pd.DataFrame = None    # fine_tune_regime of the stages
+    grafts: pd.DataFrame = None    # graft_regime of the stage grafts
+
+
+def continual(sequence: list[str], seeds: list[int] | int, sparsity: float, setting: Setting,
+              with_multitask: bool = False) -> Continual:
+    """Learn ``sequence`` one task after another, for each data seed; compare ways to keep
+    earlier skills.
+
+    - sequential: plain fine-tuning, stage after stage (θ_t);
+    - graft (task known): stage t's region is localized on θ_t vs θ_{t−1} with task t's
+      data; task j is answered by θ_pre + γ_j ⊙ (θ_j − θ_{j−1}), the graft of its own stage;
+    - stitched (task unknown): all regions learned so far merged into one model,
+      overlaps averaged (Localize-and-Stitch);
+    - multitask (``with_multitask``): one model fine-tuned on all tasks at once, a reference.
+    """
+    lab = setting.lab()
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    T, total = len(sequence), num_graftable(lab.lm.model)
+    idx = pd.Index(range(1, T + 1), name="after stage")
+    cols = pd.Index(sequence, name="task")
+    methods = CONTINUAL_METHODS + (("multitask",) if with_multitask else ())
+    per_seed_R, kept, regions, dspecs, gspecs = {m: [] for m in methods}, {}, [], [], []
+    for seed in seeds:
+        stages = [lab.fine_tune(sequence, setting.k, seed, setting.finetune, mode="sequential", stage=t)
+                  for t in range(T)]
+        mspecs = []
+        for t, task in enumerate(sequence):
+            # the stage's own update θ_t − θ_{t−1}, localized on top of θ_{t−1} (stage 0: the single-task graft)
+            own = Difference(stages[t], stages[t - 1]) if t else stages[0]
+            mspecs.append(lab.graft(own, task, sparsity, setting.graft, base=stages[t - 1] if t else None,
+                                    k=setting.k, seed=seed))
+            dspecs.append((dict(seed=seed, stage=t + 1, task=task), stages[t]))
+            gspecs.append((dict(seed=seed, stage=t + 1, task=task), mspecs[-1]))
+        R = {m: pd.DataFrame(np.nan, index=idx, columns=cols) for m in CONTINUAL_METHODS}
+
+        def record(method, t, j, task, variant):
+            pred = lab.predict(task, variant)
+            kept[seed, method, t, j] = pred
+            R[method].iloc[t, j] = mt.accuracy(*pred)
+
+        for t in range(T):
+            stitched = _stitched_variant(lab, stages, mspecs, t, sparsity)
+            for j, task in enumerate(sequence):
+                record("sequential", t, j, task, Variant("sequential", delta=stages[t]))
+                record("stitched", t, j, task, stitched)
+                if j <= t:
+                    record("graft (task known)", t, j, task,
+                           Variant("graft", mspecs[j].delta, mspecs[j], sparsity))
+        if with_multitask:
+            multi = lab.fine_tune(sequence, setting.k, seed, setting.finetune, mode="multitask")
+            R["multitask"] = pd.DataFrame([[mt.accuracy(*lab.predict(task, Variant("multitask", delta=multi)))
+                                            for task in sequence]], index=pd.Index([T], name="after stage"),
+                                          columns=cols)
+        for m in methods:
+            per_seed_R[m].append(R[m])
+        for t, (task, spec) in enumerate(zip(sequence, mspecs)):
+            n = lab.mask_count(spec)
+            regions.append(dict(seed=seed, stage=t + 1, task=task, region_size=n, sparsity=n / total))
+    rows = [dict(seed=seed, method=m, average_accuracy=float(r.iloc[-1].mean()),  # mean of the final row
+                 backward_transfer=mt.backward_transfer(r) if len(r) > 1 else np.nan,
+                 forgetting=mt.forgetting(r) if len(r) > 1 else np.nan)
+            for m in methods for seed, r in zip(seeds, per_seed_R[m])]
+    per_seed = pd.DataFrame(rows)
+    summary = per_seed.groupby("method", sort=False, as_index=False)[
+        ["average_accuracy", "backward_transfer", "forgetting"]].mean()
+    matrices = {m: sum(rs) / len(rs) for m, rs in per_seed_R.items()}
+    return Continual(matrices, summary, pd.DataFrame(regions), per_seed, kept,
+                     fine_tune_regime(lab, dspecs), graft_regime(lab, gspecs))
+
+
+def intervals(result: Continual, method: str = "graft (task known)", **kw) -> tuple:
+    """(BWT gap, final average accuracy gap) of ``method`` − sequential, over seeds and test
+    examples, for :func:`rule`; (None, None) for a one-task sequence."""
+    T = len(next(iter(result.matrices.values())).columns)
+    seeds = sorted({k[0] for k in result.probs})
+    if T < 2:
+        return None, None
+    p = lambda seed, m, t, j: result.probs[seed, m, t, j][0]
+    bwt, final = [], []
+    for seed in seeds:
+        # BWT = mean over j < T of R[T, j] − R[j, j]; test sets of equal size, so pooling is the mean
+        bwt.append(pooled([(p(seed, method, T - 1, j), p(seed, method, j, j), p(seed, "sequential", T - 1, j),
+                             p(seed, "sequential", j, j), result.probs[seed, "sequential", j, j][1])
+                            for j in range(T - 1)]))
+        final.append(pooled([(p(seed, method, T - 1, j), p(seed, "sequential", T - 1, j),
+                               result.probs[seed, "sequential", j, j][1]) for j in range(T)]))
+    return (verdicts.accuracy_interval(bwt, lambda a, b, c, d: (a - b) - (c - d), **kw),
+            verdicts.accuracy_gap(final, **kw))
+
+
+def _stitched_variant(lab, stages, mspecs, t: int, sparsity: float) -> Variant:
+    """All regions of stages 0..t stitched into θ_pre (the stitched delta is zero off the union);
+    after the first stage there is one region, and stitching it is grafting it."""
+    if t == 0:
+        return Variant("stitched", mspecs[0].delta, mspecs[0], sparsity)
+    return Variant("stitched", delta=Stitch(tuple(mspecs[:t + 1])), sparsity=sparsity)
+
+
+def rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None) -> Verdict:
+    """C5 from graft − sequential intervals of backward transfer (``bwt_gap``) and of final
+    average accuracy. Reproduced: the graft forgets less (BWT gap above zero) and its final
+    average accuracy is no lower (gap not below zero); partly: it forgets less but ends lower;
+    not reproduced: no difference in forgetting, or more; not tested: a one-task sequence."""
+    if bwt_gap is None or accuracy_gap_ is None:
+        return Verdict("C5", "not tested", ("a sequence of one task has no earlier task to forget",))
+    reasons = (f"backward transfer, graft − sequential {bwt_gap.fmt('+.1f', 100, ' pt')}",
+               f"final average accuracy, graft − sequential {accuracy_gap_.fmt('+.1f', 100, ' pt')}")
+    verdict = ("reproduced" if bwt_gap.sign > 0 and accuracy_gap_.sign >= 0
+               else "partly reproduced" if bwt_gap.sign > 0 else "not reproduced")
+    return Verdict("C5", verdict, reasons)

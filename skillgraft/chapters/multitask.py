@@ -1,0 +1,137 @@
+"""Chapter 04, claim C4: the regions of different tasks are almost disjoint.
+
+One model fine-tuned on all tasks at once; a region per task; how they overlap, and
+whether overlap follows task similarity. The verdict rule and its threshold are fixed
+here and unit-tested.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics as mt
+from ..lab import Variant
+from ..verdicts import Verdict
+from .common import Setting, caveats, fine_tune_regime, graft_regime
+
+__all__ = ["DISJOINT", "MultiTask", "run", "multitask", "overlap_summary", "verdict", "rule", "caveats"]
+
+
+DISJOINT = 0.10        # "almost disjoint": mean asymmetric overlap of two task regions below 10%
+
+
+def run(p: dict, setting: Setting | None = None) -> "MultiTask":
+    """The chapter from its notebook's parameters (as the notebook calls it)."""
+    return multitask(p["tasks"], p["seed"], p["claim_sparsity"], setting or Setting.from_params(**p),
+                     compare_bases=p["compare_bases"])
+
+
+@dataclass
+class MultiTask:
+    masks: dict                 # task -> Mask localized on the multi-task model with that task's data
+    overlap: pd.DataFrame       # asymmetric |γ_i ∩ γ_j| / |γ_j|
+    jaccard: pd.DataFrame
+    random_overlap: pd.DataFrame  # the same, expected for random masks of the same sizes
+    cross_graft: pd.DataFrame   # rows: region of task i grafted; columns: accuracy on task j
+    accuracy: pd.DataFrame      # per task: zero-shot, multi-task model, own region, single-task fine-tuned
+    similarity: pd.DataFrame    # pair, kind, similarity (cosine of single-task deltas), overlap, jaccard
+    alt_base: str = ""          # the other way to choose the base patch (GraftConfig.base), for comparison
+    alt_overlap: pd.DataFrame | None = None  # asymmetric overlap of the regions localized from that base
+    regime: pd.DataFrame | None = None       # fine_tune_regime: the multi-task model and the single-task ones
+    grafts: pd.DataFrame | None = None       # graft_regime of the regions
+
+
+def _cosine(a: dict, b: dict) -> float:
+    dot = sum(float((a[n].double() * b[n].double()).sum()) for n in a)
+    na = sum(float(a[n].double().pow(2).sum()) for n in a) ** 0.5
+    nb = sum(float(b[n].double().pow(2).sum()) for n in b) ** 0.5
+    return dot / (na * nb)
+
+
+def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
+              compare_bases: bool = False) -> MultiTask:
+    """One model fine-tuned on all ``tasks`` at once; a region per task; how they overlap.
+
+    Regions are localized from ``setting.graft.base``. With ``compare_bases``, the regions from
+    the other base patch are localized too, for their overlap (``alt_overlap``): with one δ
+    shared by all tasks, the official top-movement base patch is the same for every task.
+    """
+    from ..tasks import get_task
+
+    lab = setting.lab()
+    mt_spec = lab.fine_tune(tasks, setting.k, seed, setting.finetune, mode="multitask")
+    regions = {t: lab.graft(mt_spec, t, sparsity, setting.graft) for t in tasks}
+    masks = {t: lab.mask(spec) for t, spec in regions.items()}
+    overlap, jac = mt.overlap_matrix(masks, "asymmetric"), mt.overlap_matrix(masks, "jaccard")
+    total = next(iter(masks.values())).total
+    sizes = {t: m.count for t, m in masks.items()}
+    rnd = mt.random_overlap_matrix(sizes, total, "asymmetric")
+    cross = pd.DataFrame(index=pd.Index(tasks, name="region of"), columns=pd.Index(tasks, name="evaluated on"),
+                         dtype=float)
+    acc_rows = []
+    for i in tasks:
+        for j in tasks:
+            cross.loc[i, j] = mt.accuracy(*lab.predict(j, Variant("graft", mt_spec, regions[i], sparsity)))
+    single = {t: lab.fine_tune(t, setting.k, seed, setting.finetune) for t in tasks}
+    for t in tasks:
+        acc_rows.append(dict(task=t, family=get_task(t).family,
+                             zero_shot=mt.accuracy(*lab.predict(t, Variant("zero-shot"))),
+                             multitask=mt.accuracy(*lab.predict(t, Variant("multitask", delta=mt_spec))),
+                             own_region=cross.loc[t, t],
+                             single_task=mt.accuracy(*lab.predict(t, Variant("fine-tuned", delta=single[t]))),
+                             region_size=sizes[t]))
+    sim_rows = []
+    for a, b in itertools.combinations(tasks, 2):
+        fa, fb = get_task(a).family, get_task(b).family
+        sim_rows.append(dict(pair=f"{a}–{b}", kind="–".join(sorted((fa, fb))),
+                             similarity=_cosine(lab.delta(single[a]), lab.delta(single[b])),
+                             overlap=(overlap.loc[a, b] + overlap.loc[b, a]) / 2, jaccard=jac.loc[a, b]))
+    out = MultiTask(masks, overlap, jac, rnd, cross.astype(float), pd.DataFrame(acc_rows), pd.DataFrame(sim_rows))
+    out.regime = fine_tune_regime(lab, [(dict(model="multi-task", task=", ".join(tasks)), mt_spec)]
+                                  + [(dict(model="single-task", task=t), single[t]) for t in tasks])
+    out.grafts = graft_regime(lab, [(dict(task=t), spec) for t, spec in regions.items()])
+    if compare_bases:  # the same regions localized from the other base patch: overlaps only (no evaluations)
+        out.alt_base = "movement" if setting.graft.base == "gradient" else "gradient"
+        alt_cfg = dataclasses.replace(setting.graft, base=out.alt_base)
+        alt = {t: lab.mask(lab.graft(mt_spec, t, sparsity, alt_cfg)) for t in tasks}
+        out.alt_overlap = mt.overlap_matrix(alt, "asymmetric")
+    return out
+
+
+
+
+def overlap_summary(result: MultiTask) -> dict:
+    """What C4 is judged on: the mean off-diagonal asymmetric overlap of the regions, the same
+    expected of random masks of their sizes, and the rank correlation of a pair's overlap with
+    the similarity of its tasks (:class:`metrics.RankCorrelation`)."""
+    off = ~np.eye(len(result.overlap), dtype=bool)
+    sim = result.similarity
+    return {"mean_overlap": float(result.overlap.values[off].mean()) if off.any() else None,
+            "random_overlap": float(result.random_overlap.values[off].mean()) if off.any() else float("nan"),
+            "rho": mt.rank_correlation(sim.similarity, sim.overlap) if len(sim) else None, "pairs": len(sim)}
+
+
+def verdict(result: MultiTask) -> Verdict:
+    """C4 on a chapter's result (:func:`overlap_summary`, then :func:`rule`)."""
+    s = overlap_summary(result)
+    return rule(s["mean_overlap"], s["random_overlap"], s["rho"].rho if s["rho"] is not None else float("nan"),
+                s["pairs"])
+
+
+def rule(mean_overlap: float | None, random_overlap: float, rho: float, pairs: int) -> Verdict:
+    """C4 from the mean asymmetric overlap of the task regions, the overlap expected of random
+    masks of their sizes, and the rank correlation ρ of overlap with task similarity (over
+    ``pairs`` task pairs). Reproduced: mean overlap < 10% and ρ > 0; partly: < 10% only;
+    not reproduced: ≥ 10%; not tested: fewer than two tasks."""
+    if mean_overlap is None or pairs < 1 or not np.isfinite(mean_overlap):
+        return Verdict("C4", "not tested", ("fewer than two task regions",))
+    reasons = (f"mean overlap of two regions {mean_overlap:.1%} (random masks of the same sizes: "
+               f"{random_overlap:.3%}); 'almost disjoint' here means below {DISJOINT:.0%}",
+               f"Spearman rho of overlap with task similarity {rho:+.2f} over {pairs} pair(s)")
+    verdict = ("reproduced" if mean_overlap < DISJOINT and rho > 0
+               else "partly reproduced" if mean_overlap < DISJOINT else "not reproduced")
+    return Verdict("C4", verdict, reasons)

@@ -1,0 +1,90 @@
+"""Chapter 03, claim C3: grafts transfer out of distribution better than fine-tuned models.
+
+Fine-tune and graft on each source; evaluate on the source's test set and every target's.
+The verdict rule is fixed here and unit-tested.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .. import verdicts
+from ..lab import Variant
+from ..verdicts import Interval, Verdict
+from .common import Setting, caveats, fine_tune_regime, graft_regime, pooled, scores
+
+__all__ = ["OOD", "run", "ood", "intervals", "rule", "caveats"]
+
+
+def run(p: dict, setting: Setting | None = None) -> "OOD":
+    """The chapter from its notebook's parameters (as the notebook calls it)."""
+    return ood(p["sources"], p["targets"], p["seeds"], p["claim_sparsity"], setting or Setting.from_params(**p))
+
+
+@dataclass
+class OOD:
+    results: pd.DataFrame    # source, target, seed, variant, in_distribution, accuracy, ece, brier, nll, confidence
+    probs: dict = field(default_factory=dict)  # (source, target, seed, variant) -> (probs, labels)
+    regime: pd.DataFrame = None  # fine_tune_regime of the sources' fine-tunes
+    grafts: pd.DataFrame = None  # graft_regime of their grafts
+
+
+def ood(sources: list[str], targets: list[str], seeds: list[int], sparsity: float, setting: Setting) -> OOD:
+    """Fine-tune and graft on each source; evaluate on the source's test set and every target's.
+
+    Targets are scored with the *source's* prompt, the one the model was tuned with (all
+    sentiment sets share the class order negative, positive). One row per source ×
+    target × seed × variant, with accuracy, ECE, Brier, NLL and ``in_distribution``.
+    """
+    lab = setting.lab()
+    rows, kept, dspecs, gspecs = [], {}, [], []
+    for source, seed in itertools.product(sources, seeds):
+        dspec = lab.fine_tune(source, setting.k, seed, setting.finetune)
+        mspec = lab.graft(dspec, source, sparsity, setting.graft)
+        dspecs.append((dict(task=source, seed=seed), dspec))
+        gspecs.append((dict(task=source, seed=seed), mspec))
+        variants = [Variant("zero-shot"), Variant("fine-tuned", delta=dspec), Variant("graft", dspec, mspec, sparsity)]
+        for target in [source] + [t for t in targets if t != source]:
+            for v in variants:
+                probs, labels = lab.predict(target, v, prompt_task=source)
+                kept[source, target, seed, v.name] = (probs, labels)
+                rows.append(dict(source=source, target=target, seed=seed, variant=v.name,
+                                 in_distribution=target == source, **scores(probs, labels)))
+    return OOD(pd.DataFrame(rows), kept, fine_tune_regime(lab, dspecs), graft_regime(lab, gspecs))
+
+
+def intervals(result: OOD, **kw) -> tuple:
+    """(overall, per target pair) intervals of graft − fine-tuned accuracy out of distribution,
+    for :func:`rule`; overall pools every OOD target of a source and seed."""
+    pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "graft"})
+    seeds = sorted({seed for _, _, seed, _ in result.probs})
+    def group(s, t, seed):
+        return (result.probs[s, t, seed, "graft"][0], result.probs[s, t, seed, "fine-tuned"][0],
+                result.probs[s, t, seed, "graft"][1])
+    per = {f"{s}→{t}": verdicts.accuracy_gap([group(s, t, seed) for seed in seeds], **kw) for s, t in pairs}
+    if not pairs:
+        return None, per
+    groups = []
+    for src in sorted({s for s, _ in pairs}):
+        for seed in seeds:
+            groups.append(pooled([group(s, t, seed) for s, t in pairs if s == src]))
+    return verdicts.accuracy_gap(groups, **kw), per
+
+
+
+def rule(overall: Interval | None, per_target: dict[str, Interval]) -> Verdict:
+    """C3 from graft − fine-tuned accuracy intervals out of distribution: ``overall`` (all
+    OOD targets pooled) and ``per_target``. Reproduced: the overall gap is above zero;
+    partly: it is not, but the graft is ahead on some target; not reproduced: no target where
+    the graft is ahead; not tested: no OOD target."""
+    if overall is None or not per_target:
+        return Verdict("C3", "not tested", ("no out-of-distribution target to evaluate",))
+    ahead = sorted(t for t, i in per_target.items() if i.sign > 0)
+    behind = sorted(t for t, i in per_target.items() if i.sign < 0)
+    reasons = (f"graft − fine-tuned accuracy over all OOD targets {overall.fmt('+.1f', 100, ' pt')}",
+               f"graft ahead on {len(ahead)} of {len(per_target)} target(s){': ' + ', '.join(ahead) if ahead else ''}; "
+               f"behind on {len(behind)}{': ' + ', '.join(behind) if behind else ''}; no difference on the rest")
+    verdict = ("reproduced" if overall.sign > 0 else "partly reproduced" if ahead else "not reproduced")
+    return Verdict("C3", verdict, reasons)
