@@ -12,11 +12,11 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from .files import atomic
 from .progress import Watcher
 
 __all__ = ["main", "notebook_parameters", "check_parameters", "resolve_notebook"]
@@ -195,17 +195,10 @@ def execute(path: Path, output: Path, params: dict, cwd: Path | None = None) -> 
     """Run a notebook with papermill; the output appears only if execution succeeded."""
     import papermill as pm
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}-", suffix=".ipynb")
-    os.close(fd)
-    try:
-        print(f"executing {path.stem} -> {output}", file=sys.stderr, flush=True)
-        with Watcher(path.stem):  # which fine-tune, graft or prediction runs, and how far along
-            pm.execute_notebook(str(path), tmp, parameters=params, cwd=str(cwd or path.parent),
-                                kernel_name="python3", progress_bar=False)
-        os.replace(tmp, output)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    print(f"executing {path.stem} -> {output}", file=sys.stderr, flush=True)
+    with atomic(output) as tmp, Watcher(path.stem):  # which fine-tune, graft or prediction runs, how far along
+        pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(cwd or path.parent),
+                            kernel_name="python3", progress_bar=False)
     return output
 
 

@@ -32,7 +32,7 @@ def atomic(final: str | Path, folder: bool = False, keep_existing: bool = False)
     if folder:
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=prefix))
     else:
-        fd, name = tempfile.mkstemp(dir=final.parent, prefix=prefix)
+        fd, name = tempfile.mkstemp(dir=final.parent, prefix=prefix, suffix=final.suffix)  # the same kind of file
         os.close(fd)
         tmp = Path(name)
     try:

@@ -47,10 +47,13 @@ class Lab:
     """One model, one store; resolves recipes."""
 
     def __init__(self, model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64,
-                 test_size: int = 200, store: Store | None = None, precision: str = "fp32"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
+                 test_size: int = 200, store: Store | None = None, precision: str = "fp32",
+                 eval_precision: str = "fp32"):
+        for name, value in (("precision", precision), ("eval_precision", eval_precision)):
+            if value not in PRECISIONS:
+                raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(PRECISIONS)}")
         self.model_name, self.max_length, self.test_size, self.precision = model, max_length, test_size, precision
+        self.eval_precision = eval_precision  # of predictions: fp32 by default, whatever the precision of training
         self.env = Env(model, max_length, test_size, precision)
         self.lm = load_lm(model, device=device)
         self.graftable = graftable_parameters(self.lm.model)
@@ -160,7 +163,8 @@ class Lab:
         clf = self.classifier(prompt_task or task)
         test = split == "test"
         recipe = Prediction(self.env, task, (clf.prompt.template, tuple(clf.prompt.label_words)), split,
-                            None if test else k, None if test else seed, variant.delta, self._same_mask(variant.mask))
+                            None if test else k, None if test else seed, variant.delta, self._same_mask(variant.mask),
+                            self.eval_precision)
         return self.resolve(recipe)
 
     def _same_mask(self, recipe: Recipe | None) -> Recipe | None:

@@ -310,8 +310,9 @@ class Prediction(Recipe):
     """Class probabilities and labels of θ_pre (+ ``delta``, masked by ``mask`` if given) on
     ``task``'s ``split`` with a prompt (template, label words): tasks that share a template
     share predictions. Dev splits depend on (k, seed); the test split does not (both None).
-    Predictions are made in fp32 whatever the precision of training (bf16 moved a zero-shot
-    model's test accuracy by 2 points: ``benchmarks/precision_fidelity.py``)."""
+    ``precision`` is that of the evaluation, fp32 by default whatever the precision of
+    training (bf16 moved a zero-shot model's test accuracy by 2 points:
+    ``benchmarks/precision_fidelity.py``)."""
 
     kind: ClassVar[str] = "probs"
     code: ClassVar[tuple[str, ...]] = DATA + ("grafting", "masks")
@@ -324,6 +325,7 @@ class Prediction(Recipe):
     seed: int | None = None
     delta: Recipe | None = None
     mask: Recipe | None = None
+    precision: str = "fp32"
 
     def label(self) -> str:
         names = {"FineTune": "fine-tuned", "Difference": "difference", "Stitch": "stitched", "Localized": "graft",
@@ -336,7 +338,7 @@ class Prediction(Recipe):
         data = lab.splits(self.task, self.k or 16, self.seed or 0)[self.split]
         with lab.applied(self.delta, self.mask), progress.stage(f"predicting {self.task} {self.split}, "
                                                                  f"{len(data)} examples"):
-            probs = clf.predict_proba(data, batch_size=16, precision="fp32", report=True)  # fp32 always
+            probs = clf.predict_proba(data, batch_size=16, precision=self.precision, report=True)
         return {"probs": torch.from_numpy(probs), "labels": torch.tensor(data["label"])}, {}
 
     def value(self, entry, lab: "Lab"):
