@@ -11,7 +11,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup assets book test unit compute nbval bench fidelity clean
+.PHONY: setup assets book test unit compute nbval bench fidelity answers clean
 
 setup: $(STAMP) assets
 
@@ -52,6 +52,11 @@ bench: setup
 # fp32 against bf16 on chapter 01's settings, each from an empty store (about half an hour).
 fidelity: setup
 	$(BIN)/python benchmarks/precision_fidelity.py --out benchmarks/results/precision_fidelity.txt
+
+# The teaching page's exercises, each run as its command says, into book/answers.ipynb (committed with
+# its outputs; the solutions glue their measured answers from it). About an hour with the book's store warm.
+answers: setup
+	$(BIN)/python -c "from pathlib import Path; from skillgraft import cli; p = Path('book/answers.ipynb'); cli.execute(p, p, {})"
 
 clean:
 	rm -rf _build runs

@@ -291,7 +291,11 @@ def cmd_cache(args) -> None:
     if args.prune:
         print(f"removed stale entries and killed writes: {store.prune() / 1e6:.1f} MB freed")
     entries = store.entries()
-    print(f"{store.root}: {store.size_bytes() / 1e6:.1f} MB in {len(entries)} entries")
+    print(f"{store.root}: {sum(e['bytes'] for e in entries) / 1e6:.1f} MB in {len(entries)} entries")
+    temporary = store.temporary_bytes()
+    if temporary:
+        print(f"  and {temporary / 1e6:.1f} MB in temporary folders of writes in progress or killed "
+              "(--prune removes the killed ones)")
     for kind in sorted({e["kind"] for e in entries}):
         mine = [e for e in entries if e["kind"] == kind]
         stale = [e for e in mine if e["stale"]]

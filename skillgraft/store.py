@@ -164,6 +164,13 @@ class Store:
         self.sweep()
         return freed
 
+    def temporary_bytes(self) -> int:
+        """Bytes in temporary folders: writes in progress, or killed ones not yet swept."""
+        if not self.root.exists():
+            return 0
+        return sum(p.stat().st_size for tmp in self.root.glob(f"*/{TMP_PREFIX}*") for p in
+                   ([tmp] if tmp.is_file() else tmp.rglob("*")) if p.is_file())
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.exists() else 0
 

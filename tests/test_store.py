@@ -196,3 +196,21 @@ def test_tensors_come_back_in_the_order_they_were_saved(tmp_path):
     store.save(Toy("a"), {n: torch.full((2,), float(i)) for i, n in enumerate(names)})
     loaded = store.load(Toy("a")).tensors
     assert list(loaded) == names and [float(t[0]) for t in loaded.values()] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_cache_command_counts_entries_apart_from_killed_writes(tmp_path, monkeypatch, capsys):
+    """`skillgraft cache` reports the entries' size, the temporary folders apart, and --prune sweeps the killed ones."""
+    from skillgraft import cli
+
+    monkeypatch.setenv("SKILLGRAFT_HOME", str(tmp_path))
+    store = Store(tmp_path / "cache")
+    store.save(Toy("a"), {"w": torch.ones(1000)}, {})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / "cache" / "delta" / f".tmp-{int(dead.stdout)}-abc"
+    killed.mkdir()
+    (killed / "tensors.safetensors").write_bytes(b"\0" * 3_000_000)
+    assert cli.main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "MB in 1 entries" in out and "3.0 MB in temporary folders" in out and "0.0 MB in 1 entries" in out
+    assert cli.main(["cache", "--prune"]) == 0
+    assert not killed.exists() and "temporary" not in capsys.readouterr().out

@@ -39,7 +39,7 @@ def build_footer() -> str:
 def execution_table() -> str:
     rows = ["| chapter | executed (UTC) | duration | code cells | parameters changed from the defaults |",
             "|---|---|---|---|---|"]
-    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in [*sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ROOT / "book" / "answers.ipynb"]:
         nb = json.loads(path.read_text())
         pm = nb.get("metadata", {}).get("papermill", {})
         end, duration = pm.get("end_time"), pm.get("duration")
@@ -47,7 +47,7 @@ def execution_table() -> str:
         took = f"{duration / 60:.1f} min" if isinstance(duration, (int, float)) else "—"
         cells = sum(c["cell_type"] == "code" for c in nb["cells"])
         params = ", ".join(f"`{k}={v!r}`" for k, v in (pm.get("parameters") or {}).items()) or "none"
-        rows.append(f"| {{doc}}`/notebooks/{path.stem}` | {when} | {took} | {cells} | {params} |")
+        rows.append(f"| {{doc}}`/{path.parent.name}/{path.stem}` | {when} | {took} | {cells} | {params} |")
     return "\n".join(rows) + "\n"
 
 

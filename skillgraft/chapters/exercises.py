@@ -1,0 +1,144 @@
+"""The teaching page's exercises, run as written: their commands, and what each run measured.
+
+Each exercise of ``book/teaching.md`` is a ``sphinx-exercise`` object with a label
+(``ex-1-4``) and one ``skillgraft run`` command. :func:`exercises` reads them from the page
+itself, so the command a student copies is the one that was run; :func:`parameters`
+turns a command into the chapter's full parameters (checked as the CLI checks them), and
+:func:`measured` states in one sentence what the run gave, for the solution to glue.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import CHAPTERS
+
+__all__ = ["Exercise", "exercises", "parameters", "measured"]
+
+_BLOCK = re.compile(r":::\{exercise\}[^\n]*\n:label: (ex-\d+-\d+)\n(.*?)\n:::", re.S)
+_COMMAND = re.compile(r"```bash\n(skillgraft run [^\n]+)\n```")
+
+
+@dataclass(frozen=True)
+class Exercise:
+    label: str      # "ex-1-4"
+    command: str    # the one command of the exercise, as printed on the page
+    chapter: str    # notebook name, e.g. "01_single_task_grafting"
+    given: dict     # the parameters the command sets
+
+    @property
+    def key(self) -> str:
+        """The glue name of its measured answer: ``ex_1_4``."""
+        return self.label.replace("-", "_")
+
+
+def exercises(page: str | Path) -> list[Exercise]:
+    """The exercises of the teaching page, in order, each with its one command parsed."""
+    from .. import cli
+
+    out = []
+    for label, body in _BLOCK.findall(Path(page).read_text()):
+        commands = _COMMAND.findall(body)
+        if len(commands) != 1:
+            raise ValueError(f"exercise {label} must show exactly one `skillgraft run` command, found {len(commands)}")
+        args = cli.build_parser().parse_args(shlex.split(commands[0])[1:])
+        given = cli._parse_params(args.param or [], args.file or [])
+        out.append(Exercise(label, commands[0], cli.resolve_notebook(args.notebook).stem, given))
+    if not out:
+        raise ValueError(f"{page} holds no exercise with a label")
+    return out
+
+
+def parameters(ex: Exercise) -> dict:
+    """The chapter's full parameters for ``ex``: its notebook's defaults and what the command sets
+    (checked as ``skillgraft run`` checks them)."""
+    from .. import cli
+
+    path = cli.resolve_notebook(ex.chapter)
+    cli.check_parameters(path, ex.given)
+    return {**cli.notebook_parameters(path), **ex.given}
+
+
+def run(ex: Exercise):
+    """The chapter's result for ``ex`` (computed through the store, like the command)."""
+    return CHAPTERS[ex.chapter].run(parameters(ex))
+
+
+# ---------------------------------------------------------------------------- what a run measured
+def _acc(frame, **where) -> float:
+    rows = frame
+    for k, v in where.items():
+        rows = rows[rows[k] == v]
+    return float(rows.accuracy.mean())
+
+
+def _single_task(result, p: dict) -> str:
+    res, grafts = result.results, result.grafts
+    parts = [f"zero-shot {_acc(res, variant='zero-shot'):.3f}, fine-tuned {_acc(res, variant='fine-tuned'):.3f}"]
+    for _, g in grafts.iterrows():
+        rows = res[(res.start == g.start) & ((res.target == g.target) | (np.isnan(g.target) & res.target.isna()))]
+        name = "grown graft" if g.start == "grow" else f"graft refined at {g.target:.0e}"
+        parts.append(f"{name}: {g['size']:,} entries ({g.added:,} in, {g.removed:,} out of its {g.base_size:,}-entry "
+                     f"patch{', equal to top movement' if g.equals_top_movement else ''}), accuracy "
+                     f"{_acc(rows, variant='graft'):.3f} against top-movement {_acc(rows, variant='top-movement'):.3f} "
+                     f"and random {_acc(rows, variant='random'):.3f} masks of its size")
+    return "; ".join(parts)
+
+
+def _calibration(result, p: dict) -> str:
+    from . import calibration as ch
+
+    reduction, gap = ch.intervals(result, n_bins=p["ece_bins"])
+    verdict = ch.rule(reduction, gap)
+    res = result.results.groupby("variant")[["accuracy", "ece"]].mean()
+    temp = result.results[result.results.variant == "fine-tuned+TS"].temperature.mean()
+    return (f"fine-tuned accuracy {res.loc['fine-tuned', 'accuracy']:.3f}, ECE {res.loc['fine-tuned', 'ece']:.3f}; "
+            f"graft accuracy {res.loc['graft', 'accuracy']:.3f}, ECE {res.loc['graft', 'ece']:.3f}; fitted temperature "
+            f"{temp:.2f}; {'; '.join(verdict.reasons)}; verdict: {verdict.verdict}")
+
+
+def _ood(result, p: dict) -> str:
+    from . import ood as ch
+
+    overall, per = ch.intervals(result)
+    verdict = ch.rule(overall, per)
+    res = result.results
+    ind = res[res.in_distribution].groupby("variant").accuracy.mean()
+    return (f"in distribution: fine-tuned {ind['fine-tuned']:.3f}, graft {ind['graft']:.3f}; "
+            f"{'; '.join(verdict.reasons)}; verdict: {verdict.verdict}")
+
+
+def _multitask(result, p: dict) -> str:
+    from . import multitask as ch
+
+    verdict = ch.verdict(result)
+    pairs = ", ".join(f"{r.pair} {r.overlap:.1%}" for r in result.similarity.itertuples())
+    alt = ""
+    if result.alt_overlap is not None:
+        off = ~np.eye(len(result.alt_overlap), dtype=bool)
+        alt = f"; from the {result.alt_base} base patch the mean overlap is {result.alt_overlap.values[off].mean():.1%}"
+    return f"pair overlaps {pairs}; {'; '.join(verdict.reasons)}{alt}; verdict: {verdict.verdict}"
+
+
+def _continual(result, p: dict) -> str:
+    from . import continual as ch
+
+    bwt, acc = ch.intervals(result)
+    verdict = ch.rule(bwt, acc)
+    s = result.summary.set_index("method")
+    rows = ", ".join(f"{m}: average accuracy {s.loc[m, 'average_accuracy']:.3f}, backward transfer "
+                     f"{s.loc[m, 'backward_transfer']:+.3f}" for m in ("sequential", "graft (task known)"))
+    return f"{rows}; {'; '.join(verdict.reasons)}; verdict: {verdict.verdict}"
+
+
+_MEASURED = {"01_single_task_grafting": _single_task, "02_calibration": _calibration, "03_ood": _ood,
+             "04_multitask": _multitask, "05_continual_learning": _continual}
+
+
+def measured(ex: Exercise, result) -> str:
+    """One sentence of what ``ex``'s run measured: the numbers its solution discusses."""
+    return _MEASURED[ex.chapter](result, parameters(ex))

@@ -1,0 +1,42 @@
+"""The teaching page's exercises: one command each, parsed and checked as `skillgraft run` checks it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from skillgraft.chapters import exercises as ex
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "book" / "teaching.md"
+
+
+def test_every_exercise_has_one_command_that_passes_the_checks():
+    found = ex.exercises(PAGE)
+    labels = [e.label for e in found]
+    assert len(labels) == len(set(labels)) == PAGE.read_text().count(":::{exercise}")
+    for e in found:
+        params = ex.parameters(e)  # raises on a parameter the chapter does not have, or a bad value
+        assert all(params[k] == v for k, v in e.given.items()) and e.key == e.label.replace("-", "_")
+    one_step = next(e for e in found if e.label == "ex-1-4")
+    assert one_step.chapter == "01_single_task_grafting" and one_step.given == {"seeds": [13], "graft_epochs": 1}
+
+
+def test_an_exercise_without_exactly_one_command_is_refused(tmp_path):
+    page = tmp_path / "teaching.md"
+    page.write_text(":::{exercise} Two commands\n:label: ex-9-1\n\n```bash\nskillgraft run 01 -p k 4\n```\n\n"
+                    "```bash\nskillgraft run 02\n```\n:::\n")
+    with pytest.raises(ValueError, match="exercise ex-9-1 must show exactly one `skillgraft run` command, found 2"):
+        ex.exercises(page)
+    page.write_text(":::{exercise} A bad value\n:label: ex-9-2\n\n```bash\nskillgraft run 01 -p k -3\n```\n:::\n")
+    from skillgraft.cli import UsageError
+    with pytest.raises(UsageError, match="'k' must be an integer ≥ 1"):
+        ex.parameters(ex.exercises(page)[0])
+
+
+def test_the_answers_page_runs_the_teaching_page_commands():
+    import json
+
+    nb = json.loads((ROOT / "book" / "answers.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert 'Path("teaching.md")' in code and "exercises.exercises(page)" in code and "glue(ex.key" in code
