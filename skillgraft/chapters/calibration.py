@@ -13,9 +13,8 @@ import pandas as pd
 
 from .. import metrics as mt
 from .. import verdicts
-from ..lab import Variant
 from ..verdicts import Interval, Verdict
-from .common import Setting, caveats, fine_tune_regime, graft_regime, scores
+from .common import Setting, caveats, fine_tune_regime, graft_regime, three_models, scores
 
 __all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "rule", "caveats"]
 
@@ -44,11 +43,7 @@ def calibration(tasks: list[str], seeds: list[int], sparsity: float, setting: Se
     lab = setting.lab()
     rows, pooled, kept, dspecs, gspecs = [], {}, {}, [], []
     for task, seed in itertools.product(tasks, seeds):
-        dspec = lab.fine_tune(task, setting.k, seed, setting.finetune)
-        mspec = lab.graft(dspec, task, sparsity, setting.graft)
-        dspecs.append((dict(task=task, seed=seed), dspec))
-        gspecs.append((dict(task=task, seed=seed), mspec))
-        variants = [Variant("zero-shot"), Variant("fine-tuned", delta=dspec), Variant("graft", dspec, mspec, sparsity)]
+        variants = three_models(lab, setting, task, seed, sparsity, dspecs, gspecs)
         for v in variants:
             probs, labels = lab.predict(task, v)
             kept[task, seed, v.name] = (probs, labels)

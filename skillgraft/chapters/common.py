@@ -15,10 +15,10 @@ import pandas as pd
 
 from .. import metrics as mt
 from ..finetune import FinetuneConfig
-from ..lab import get_lab
+from ..lab import Variant, get_lab
 from ..localization import GraftConfig
 
-__all__ = ["Setting", "MASK_VARIANTS", "fine_tune_regime", "graft_regime", "caveats", "scores", "records", "pooled"]
+__all__ = ["Setting", "MASK_VARIANTS", "three_models", "fine_tune_regime", "graft_regime", "caveats", "scores", "records", "pooled"]
 
 MASK_VARIANTS = ("graft", "top-movement", "random")
 
@@ -142,3 +142,14 @@ def caveats(result, setting: Setting, start: str | None = None, seeds: list[int]
             out.append(f"fine-tuning gained {gain:+.1f} points over zero-shot" + (" (in-distribution)" if
                                                                                   "in_distribution" in res else ""))
     return "; ".join(out)
+
+
+def three_models(lab, setting: Setting, task: str, seed: int, sparsity: float, dspecs: list, gspecs: list) -> list:
+    """The zero-shot, fine-tuned and grafted models of ``task`` from data seed ``seed``; the
+    recipes of the fine-tune and the graft are added to ``dspecs`` and ``gspecs`` (for
+    :func:`fine_tune_regime` and :func:`graft_regime`)."""
+    dspec = lab.fine_tune(task, setting.k, seed, setting.finetune)
+    mspec = lab.graft(dspec, task, sparsity, setting.graft)
+    dspecs.append((dict(task=task, seed=seed), dspec))
+    gspecs.append((dict(task=task, seed=seed), mspec))
+    return [Variant("zero-shot"), Variant("fine-tuned", delta=dspec), Variant("graft", dspec, mspec, sparsity)]

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .. import verdicts
-from ..lab import Variant
 from ..verdicts import Interval, Verdict
-from .common import Setting, caveats, fine_tune_regime, graft_regime, pooled, scores
+from .common import Setting, caveats, fine_tune_regime, graft_regime, three_models, pooled, scores
 
 __all__ = ["OOD", "run", "ood", "intervals", "rule", "caveats"]
 
@@ -41,11 +40,7 @@ def ood(sources: list[str], targets: list[str], seeds: list[int], sparsity: floa
     lab = setting.lab()
     rows, kept, dspecs, gspecs = [], {}, [], []
     for source, seed in itertools.product(sources, seeds):
-        dspec = lab.fine_tune(source, setting.k, seed, setting.finetune)
-        mspec = lab.graft(dspec, source, sparsity, setting.graft)
-        dspecs.append((dict(task=source, seed=seed), dspec))
-        gspecs.append((dict(task=source, seed=seed), mspec))
-        variants = [Variant("zero-shot"), Variant("fine-tuned", delta=dspec), Variant("graft", dspec, mspec, sparsity)]
+        variants = three_models(lab, setting, source, seed, sparsity, dspecs, gspecs)
         for target in [source] + [t for t in targets if t != source]:
             for v in variants:
                 probs, labels = lab.predict(target, v, prompt_task=source)
