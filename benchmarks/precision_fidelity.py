@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skillgraft import cli, experiments as ex
+from skillgraft import cli
+from skillgraft.chapters import common as ex
 from skillgraft.store import Store
 from skillgraft.lab import Lab, Variant
 
@@ -85,7 +86,7 @@ def main() -> None:
                                 Variant("graft", delta=dspec, mask=gspec)):
                     probs, labels = lab.predict(args.task, variant)
                     rows.append(dict(precision=precision, seed=seed, model=variant.name,
-                                     **ex._scores(probs, labels)))
+                                     **ex.scores(probs, labels)))
                 meta = lab.meta(dspec)
                 rows[-1].update(train_loss=meta["train_loss"], graft_size=lab.mask_count(gspec),
                                 seconds=time.perf_counter() - start)
