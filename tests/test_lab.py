@@ -181,3 +181,23 @@ def test_caveats_name_seeds_fit_equal_masks_and_gain(setting):
     acc = res.results.groupby("variant")["accuracy"].mean()
     assert f"fine-tuning gained {100 * (acc['fine-tuned'] - acc['zero-shot']):+.1f} points" in text
     assert ex.common.caveats(res, setting, seeds=[13]).startswith("one data seed (13): no interval")
+
+
+def test_a_change_to_the_localization_code_recomputes_the_graft_not_the_fine_tune(setting, monkeypatch):
+    """With the source of localization changed (its hash, as tests/test_store.py shows a real edit
+    changes it), the stored graft is recomputed while the stored fine-tune is read."""
+    lab = setting.lab()
+    graft = lab.graft(lab.fine_tune("mr", setting.k, 13, setting.finetune), "mr", 0.05, setting.graft)
+    lab.mask(graft)
+    calls = []
+    for name in ("finetune", "localize"):
+        real = getattr(recipes, name)
+        monkeypatch.setattr(recipes, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    real_hash = recipes.code_hash
+    monkeypatch.setattr(recipes, "code_hash", lambda modules, package_dir=None: real_hash(modules, package_dir)
+                        + ("+edited" if "localization" in modules else ""))
+    lab_module._LABS.clear()
+    lab = setting.lab()
+    again = lab.graft(lab.fine_tune("mr", setting.k, 13, setting.finetune), "mr", 0.05, setting.graft)
+    assert again.delta.key == graft.delta.key and again.key != graft.key
+    assert lab.mask(again).equal(lab.mask(graft)) and calls == ["localize"]  # recomputed, to the same mask
