@@ -31,6 +31,7 @@ __all__ = ["Lab", "Variant", "get_lab"]
 log = logging.getLogger(__name__)
 
 MEMORY = {"delta": 3, "mask": 6}  # values kept in memory per pool (deltas are model-sized)
+COMPUTED = [0]  # stored artifacts computed in this process (not read): a run that adds none read everything
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Lab:
         return value
 
     def _compute(self, recipe: Recipe) -> Entry:
+        COMPUTED[0] += 1
         tensors, meta = recipe.compute(self)
         return self.store.save(recipe, tensors, meta)
 

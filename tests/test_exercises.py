@@ -40,3 +40,15 @@ def test_the_answers_page_runs_the_teaching_page_commands():
     nb = json.loads((ROOT / "book" / "answers.ipynb").read_text())
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert 'Path("teaching.md")' in code and "exercises.exercises(page)" in code and "glue(ex.key" in code
+
+
+def test_previous_minutes_are_read_from_the_glued_outputs(tmp_path):
+    import json
+
+    glued = lambda name, value: {"output_type": "display_data", "metadata": {"scrapbook": {"name": name}},
+                                 "data": {"application/papermill.record/text/plain": repr(value)}}
+    nb = {"cells": [{"cell_type": "code", "outputs": [glued("ex_1_4", "a sentence"), glued("ex_1_4_minutes", "0.9"),
+                                                     glued("ex_2_3_minutes", "not a number")]}]}
+    (tmp_path / "answers.ipynb").write_text(json.dumps(nb))
+    assert ex.previous_minutes(tmp_path / "answers.ipynb") == {"ex_1_4": 0.9}
+    assert ex.previous_minutes(tmp_path / "absent.ipynb") == {}

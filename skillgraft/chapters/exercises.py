@@ -17,7 +17,7 @@ import numpy as np
 
 from . import CHAPTERS
 
-__all__ = ["Exercise", "exercises", "parameters", "measured"]
+__all__ = ["Exercise", "exercises", "parameters", "measured", "previous_minutes"]
 
 _BLOCK = re.compile(r":::\{exercise\}[^\n]*\n:label: (ex-\d+-\d+)\n(.*?)\n:::", re.S)
 _COMMAND = re.compile(r"```bash\n(skillgraft run [^\n]+)\n```")
@@ -66,6 +66,30 @@ def parameters(ex: Exercise) -> dict:
 def run(ex: Exercise):
     """The chapter's result for ``ex`` (computed through the store, like the command)."""
     return CHAPTERS[ex.chapter].run(parameters(ex))
+
+
+def previous_minutes(notebook: str | Path) -> dict[str, float]:
+    """The minutes each exercise's run took, as glued by the last execution of the answers
+    notebook (``{key}_minutes``): kept for an exercise whose results a later execution only
+    read from the store, so the page states the time of the run that computed them."""
+    import json
+
+    path = Path(notebook)
+    if not path.is_file():
+        return {}
+    out = {}
+    for cell in json.loads(path.read_text()).get("cells", []):
+        for o in cell.get("outputs", []):
+            name = o.get("metadata", {}).get("scrapbook", {}).get("name", "")
+            if name.endswith("_minutes"):
+                data = o.get("data", {})
+                text = "".join(data.get("text/plain") or data.get("application/papermill.record/text/plain", ""))
+                text = text.strip("'\"")
+                try:
+                    out[name[: -len("_minutes")]] = float(text)
+                except ValueError:
+                    pass
+    return out
 
 
 # ---------------------------------------------------------------------------- what a run measured
