@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -89,7 +89,6 @@ class Lab:
         """The graft of ``delta`` localized on ``task`` at ``sparsity`` (the data seed and k are
         the delta's unless given, as for a difference of deltas). A grown graft starts from the
         same tiny patch at any target (``sparsity`` is then not used)."""
-        from dataclasses import replace
         if cfg.start == "grow":
             sparsity = GROW_SPARSITY
         k = k if k is not None else delta.k

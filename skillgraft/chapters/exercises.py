@@ -17,7 +17,7 @@ import numpy as np
 
 from . import CHAPTERS
 
-__all__ = ["Exercise", "exercises", "parameters", "measured", "previous_minutes"]
+__all__ = ["Exercise", "exercises", "parameters", "run", "measured", "previous_minutes"]
 
 _BLOCK = re.compile(r":::\{exercise\}[^\n]*\n:label: (ex-\d+-\d+)\n(.*?)\n:::", re.S)
 _COMMAND = re.compile(r"```bash\n(skillgraft run [^\n]+)\n```")
