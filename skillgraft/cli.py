@@ -110,9 +110,9 @@ def _check_values(params: dict) -> None:
     if "precision" in params and params["precision"] not in PRECISIONS:
         raise UsageError(f"parameter 'precision': unknown precision {params['precision']!r}; "
                          f"accepted: {', '.join(PRECISIONS)}")
-    for name in ("k", "test_size", "max_length", "seed", "ece_bins"):
+    for name in ("k", "test_size", "max_length", "seed", "ece_bins", "compare_seeds"):
         value = params.get(name)
-        low = 0 if name == "seed" else 1
+        low = 0 if name in ("seed", "compare_seeds") else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise UsageError(f"parameter {name!r} must be an integer ≥ {low}, got {value!r}")
     seeds = params.get("seeds")

@@ -9,6 +9,7 @@ the book. The backend is left to the caller (notebooks, or ``MPLBACKEND=Agg`` in
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -42,11 +43,11 @@ VARIANT_COLORS: dict[str, str] = {
 MODULE_COLORS: dict[str, str] = {"attention": "#0072B2", "mlp": "#E69F00", "norm": "#999999"}
 _EXTRA = sns.color_palette("dark", 10).as_hex()  # for variants or modules not listed above
 _PANEL = (3.6, 2.9)  # inches per panel (width, height)
-_WIDTH = 7.4         # inches: the book's text width, so that figures are shown at (about) their own size
-_MAX_COLS = 3        # panels per row before a grid wraps
+_WIDTH = 6.2         # inches: at most; a phone shows a figure at ~370 px, so the text must not shrink far
+_MAX_COLS = 2        # panels per row before a grid wraps
 _MARKERS = {"graft": ("o", "-"), "top-movement": ("s", "--"), "random": ("^", ":")}  # lines that coincide stay apart
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9,
-                     "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 11.5})
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 11.5, "axes.labelsize": 11, "xtick.labelsize": 10,
+                     "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 12})
 _LABELS = {"ece": "ECE", "nll": "NLL", "brier": "Brier score", "accuracy": "accuracy"}  # axis names of metric columns
 
 
@@ -78,11 +79,20 @@ def variant_palette(variants: Iterable[str]) -> dict[str, str]:
     return _colors(_order(variants, list(VARIANT_COLORS)), VARIANT_COLORS)
 
 
-def _grid(n_rows: int, n_cols: int, title: str, **kw) -> tuple[Figure, np.ndarray]:
-    width = min(_PANEL[0] * n_cols, _WIDTH)
+def _wrap(text: str, width: float, size: float | None = None) -> str:
+    """``text`` broken into lines that fit ``width`` inches at font ``size`` (points; the
+    figure title's by default), so that no title widens its figure past the page."""
+    size = size or plt.rcParams["figure.titlesize"]
+    size = size if isinstance(size, (int, float)) else 12
+    chars = max(16, int(width * 72 / (0.52 * size)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
+def _grid(n_rows: int, n_cols: int, title: str, width: float | None = None, **kw) -> tuple[Figure, np.ndarray]:
+    width = width or min(_PANEL[0] * n_cols, _WIDTH)
     height = _PANEL[1] * n_rows * (width / (_PANEL[0] * n_cols)) ** 0.5 + 0.6
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False, layout="constrained", **kw)
-    fig.suptitle(title)
+    fig.suptitle(_wrap(title, width))
     return fig, axes
 
 
@@ -94,8 +104,11 @@ def _figure_legend(fig: Figure, axes) -> None:
             handles.setdefault(label, h)
         if ax.get_legend() is not None:
             ax.get_legend().remove()
-    if handles:
-        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 5), frameon=False)
+    if handles:  # as many columns as fit the figure's width, so the legend never widens it
+        longest = max(len(str(k)) for k in handles)
+        fits = int(fig.get_figwidth() / (0.35 + 0.085 * longest))
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=max(1, min(len(handles), fits)),
+                   frameon=False)
 
 
 # ----------------------------------------------------------------------------- single-task grafting
@@ -165,7 +178,7 @@ def mask_location(df: pd.DataFrame, title: str | None = None) -> Figure:
             ax.bar(layers, table[m], bottom=bottom, color=colors[m], label=m, width=0.8)
             bottom += table[m].to_numpy()
         ax.set(title=task, xlabel="layer", ylabel="share of mask entries")
-        ax.set_xticks(layers if len(layers) <= 16 else layers[:: max(1, len(layers) // 12)])
+        ax.set_xticks(layers if len(layers) <= 12 else [l for l in layers if l % 5 == 0])
         ax.grid(axis="y", alpha=0.3)
     _figure_legend(fig, axes)
     return fig
@@ -280,8 +293,10 @@ def ood_accuracy(df: pd.DataFrame, title: str | None = None) -> Figure:
     sources = _order(df["source"])
     variants = _order(df["variant"], list(VARIANT_COLORS))
     palette = variant_palette(variants)
+    n_targets = df.groupby("source")["target"].nunique().max()
+    width = min(_WIDTH, max(_PANEL[0], 1.0 + 1.0 * n_targets) * len(sources))
     fig, axes = _grid(1, len(sources), title or "Out-of-distribution accuracy (shaded: in-distribution test set)",
-                      sharey=True)
+                      width=width, sharey=True)
     for ax, source in zip(axes[0], sources):
         sub = df[df["source"] == source]
         is_id = sub["in_distribution"].astype(bool) if "in_distribution" in sub else sub["target"] == source
@@ -296,7 +311,7 @@ def ood_accuracy(df: pd.DataFrame, title: str | None = None) -> Figure:
         sns.stripplot(**common, palette={v: "black" for v in variants}, dodge=True, size=2.5, alpha=0.5,
                       legend=False, zorder=0)
         ax.set_xticks(range(len(targets)), [f"{t}\n(in-dist.)" if t in in_dist else t for t in targets],
-                      rotation=20, ha="right", rotation_mode="anchor")
+                      rotation=35, ha="right", rotation_mode="anchor")
         for tick, t in zip(ax.get_xticklabels(), targets):
             tick.set_fontweight("bold" if t in in_dist else "normal")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}"))
@@ -315,7 +330,7 @@ def _check_matrix(matrix, where: str) -> pd.DataFrame:
 
 def _draw_matrix(ax, matrix: pd.DataFrame, fmt: str, vmin, vmax, cmap, cbar: bool) -> None:
     sns.heatmap(matrix, ax=ax, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, cmap=cmap, cbar=cbar,
-                square=True, linewidths=0.5, linecolor="white", annot_kws={"fontsize": 10 if max(matrix.shape) <= 4 else 8})
+                square=True, linewidths=0.5, linecolor="white", annot_kws={"fontsize": 11 if max(matrix.shape) <= 4 else 9})
     ax.set_xlabel(matrix.columns.name or "")
     ax.set_ylabel(matrix.index.name or "")
     ax.tick_params(axis="x", labelrotation=45)
@@ -333,7 +348,7 @@ def heatmap(matrix: pd.DataFrame, title: str, fmt: str = ".2f", vmin: float | No
     size = 1.0 + 0.7 * max(matrix.shape)
     fig, ax = plt.subplots(figsize=(size + 1.2, size), layout="constrained")
     _draw_matrix(ax, matrix, fmt, vmin, vmax, cmap, cbar=True)
-    ax.set_title(title)
+    ax.set_title(_wrap(title, size + 1.2, plt.rcParams["axes.titlesize"]))
     return fig
 
 
@@ -349,13 +364,19 @@ def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str, fmt: str = ".2f",
     values = np.concatenate([m.to_numpy().ravel() for m in mats.values()])
     vmin = float(np.nanmin(values)) if vmin is None else vmin
     vmax = float(np.nanmax(values)) if vmax is None else vmax
-    size = min(1.0 + 0.7 * max(max(m.shape) for m in mats.values()), (_WIDTH - 0.8) / len(mats))
-    fig, axes = plt.subplots(1, len(mats), figsize=(size * len(mats) + 0.8, size + 0.9), layout="constrained", squeeze=False)
-    for ax, (name, m) in zip(axes[0], mats.items()):
+    n_cols = min(len(mats), _MAX_COLS)  # two a row: three in a row would be too small to read on a phone
+    n_rows = -(-len(mats) // n_cols)
+    size = min(1.0 + 0.7 * max(max(m.shape) for m in mats.values()), (_WIDTH - 0.8) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols + 0.8, (size + 0.6) * n_rows + 0.4),
+                             layout="constrained", squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[len(mats):]:
+        fig.delaxes(ax)
+    for ax, (name, m) in zip(flat, mats.items()):
         _draw_matrix(ax, m, fmt, vmin, vmax, cmap, cbar=False)
-        ax.set_title(name.replace(", ", ",\n") if len(name) > 28 else name, fontsize=9.5)
-    fig.colorbar(axes[0, 0].collections[0], ax=list(axes[0]), shrink=0.8)
-    fig.suptitle(title)
+        ax.set_title(_wrap(name, size, 10.5), fontsize=10.5)
+    fig.colorbar(flat[0].collections[0], ax=flat[:len(mats)], shrink=0.8)
+    fig.suptitle(_wrap(title, size * n_cols + 0.8))
     return fig
 
 
@@ -367,7 +388,7 @@ def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: st
     "sentiment–sentiment"). The title reports Spearman's rho over all pairs.
     """
     _require(df, ["pair", "similarity", "overlap"], "similarity_vs_overlap")
-    fig, ax = plt.subplots(figsize=(6.0, 4.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(5.2, 4.2), layout="constrained")
     hue = "kind" if "kind" in df else None
     sns.scatterplot(data=df, x="similarity", y="overlap", hue=hue, s=50, ax=ax,
                     palette=sns.color_palette("colorblind", df[hue].nunique()) if hue else None)
@@ -376,7 +397,7 @@ def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: st
     for _, row in df.iterrows():
         right = row["similarity"] <= mid  # labels point to the middle, never past the frame
         ax.annotate(str(row["pair"]), (row["similarity"], row["overlap"]), xytext=(6 if right else -6, 4),
-                    textcoords="offset points", fontsize=8.5, ha="left" if right else "right", annotation_clip=False)
+                    textcoords="offset points", fontsize=10, ha="left" if right else "right", annotation_clip=False)
     head = title or "Region overlap vs task similarity"
     if len(df) >= 3:
         rc = rank_correlation(df["similarity"], df["overlap"])

@@ -97,3 +97,8 @@ def test_missing_parameter_file_and_bad_values_are_usage_errors(tmp_path):
         cli._parse_params([], [str(tmp_path / "nope.yaml")])
     with pytest.raises(cli.UsageError, match=r"value of -p seeds is not valid YAML: '\[13, 42'"):
         cli._parse_params([["seeds", "[13, 42"]], [])
+
+
+def test_compare_seeds_must_be_a_count(capsys):
+    assert cli.main(["run", "01_single_task_grafting", "--dry-run", "-p", "compare_seeds", "-1"]) == 2
+    assert "compare_seeds" in capsys.readouterr().err

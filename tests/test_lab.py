@@ -201,3 +201,12 @@ def test_a_change_to_the_localization_code_recomputes_the_graft_not_the_fine_tun
     again = lab.graft(lab.fine_tune("mr", setting.k, 13, setting.finetune), "mr", 0.05, setting.graft)
     assert again.delta.key == graft.delta.key and again.key != graft.key
     assert lab.mask(again).equal(lab.mask(graft)) and calls == ["localize"]  # recomputed, to the same mask
+
+
+def test_the_other_start_runs_on_the_first_compare_seeds_only(setting):
+    res = ex.single_task.single_task(["mr"], [13, 21], [0.05], setting, compare_seeds=1)
+    starts = res.grafts.groupby("seed").start.apply(sorted).to_dict()
+    assert starts == {13: ["grow", "refine"], 21: ["refine"]}  # the setting's start (refine) on every seed
+    assert set(res.results[res.results.seed == 21].start.dropna()) == {"refine"}
+    every = ex.single_task.single_task(["mr"], [13, 21], [0.05], setting)
+    assert every.grafts.groupby("seed").start.nunique().tolist() == [2, 2]

@@ -1,6 +1,8 @@
 """Tests for skillgraft.plots: each figure builds from a small synthetic frame, is titled, and saves as PNG."""
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -28,10 +30,18 @@ def _titles(fig) -> list[str]:
     return [sup] + [ax.get_title() for ax in fig.axes if ax.get_title()]
 
 
+MAX_WIDTH = 6.6  # inches, as the book shows it (tight box): wider figures shrink their text on a phone
+
+
 def _save(fig, tmp_path, name):
     path = tmp_path / f"{name}.png"
     fig.savefig(path, dpi=60)
     assert path.exists() and path.stat().st_size > 0
+    # the notebooks' inline backend saves with a tight box: titles and legends must not widen it
+    fig.savefig(tmp_path / f"{name}.svg", bbox_inches="tight")
+    text = (tmp_path / f"{name}.svg").read_text()
+    width = float(re.search(r'width="([\d.]+)pt"', text).group(1)) / 72
+    assert width <= MAX_WIDTH, f"{name} is {width:.2f} in wide as shown"
     return path
 
 
@@ -119,10 +129,10 @@ def _bins_frame():
 def test_reliability_diagrams(tmp_path):
     df = _bins_frame()
     fig = plots.reliability_diagrams(df)
-    shown = [ax for ax in fig.axes if ax.get_visible()]  # one panel per task and variant, 3 to a row
-    assert len(shown) == 2 * 2 and len(fig.axes) == 6 and all(ax.get_title() for ax in shown)
+    shown = [ax for ax in fig.axes if ax.get_visible()]  # one panel per task and variant, 2 to a row
+    assert len(shown) == 2 * 2 and len(fig.axes) == 4 and all(ax.get_title() for ax in shown)
     assert all("ECE = " in ax.get_title() for ax in shown)
-    assert fig.get_figwidth() <= 7.5  # within the book's text width: shown at its own size
+    assert fig.get_figwidth() <= 6.5  # narrow enough that a phone does not shrink its text far
     fig2 = plots.reliability_diagrams(df, ece={("sst2", "graft"): 0.123})
     assert "ECE = 0.123" in fig2.axes[1].get_title() and "sst2 · graft" in fig2.axes[1].get_title()
     _save(fig, tmp_path, "reliability")

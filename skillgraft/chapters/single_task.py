@@ -29,7 +29,8 @@ NORMALIZED = 0.5       # at least half of the fine-tuning gain over zero-shot (o
 
 def run(p: dict, setting: Setting | None = None) -> "SingleTask":
     """The chapter from its notebook's parameters (as the notebook calls it)."""
-    return single_task(p["tasks"], p["seeds"], p["sparsities"], setting or Setting.from_params(**p))
+    return single_task(p["tasks"], p["seeds"], p["sparsities"], setting or Setting.from_params(**p),
+                       compare_seeds=p["compare_seeds"])
 
 
 @dataclass
@@ -54,10 +55,13 @@ def _graft_specs(lab, setting: Setting, dspec, task: str, sparsities, starts) ->
 
 
 def single_task(tasks: list[str], seeds: list[int], sparsities: list[float], setting: Setting,
-                starts: tuple[str, ...] = ("refine", "grow")) -> SingleTask:
+                starts: tuple[str, ...] = ("refine", "grow"), compare_seeds: int | None = None) -> SingleTask:
     """Zero-shot, fine-tuned and grafted models on each task's test set, with top-movement and
     random masks of each graft's final size; grafts refined at each target sparsity and grown
-    from the shipped script's tiny patch (``starts``)."""
+    from the shipped script's tiny patch (``starts``).
+
+    The chapters' start (``setting.graft.start``) runs on every seed; the other starts run on
+    the first ``compare_seeds`` seeds only (None: on every seed), to compare the starts."""
     lab = setting.lab()
     total = num_graftable(lab.lm.model)
     rows, locs, hists, fts, probs, dspecs, gspecs = [], [], [], [], {}, [], []
@@ -72,7 +76,9 @@ def single_task(tasks: list[str], seeds: list[int], sparsities: list[float], set
             probs[task, seed, None, np.nan, "fine-tuned"] = ft_pred
             rows.append(dict(task=task, seed=seed, variant="fine-tuned", **scores(*ft_pred)))
             fts.append(records(lab.meta(dspec)["history"]).assign(task=task, seed=seed))
-            for start, target, gspec in _graft_specs(lab, setting, dspec, task, sparsities, starts):
+            here = [s for s in starts if s == setting.graft.start or compare_seeds is None
+                    or seed in seeds[:compare_seeds]]
+            for start, target, gspec in _graft_specs(lab, setting, dspec, task, sparsities, here):
                 tag = dict(task=task, seed=seed, start=start, target=target)
                 gspecs.append((tag, gspec))
                 for how in MASK_VARIANTS:
