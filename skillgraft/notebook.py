@@ -7,6 +7,7 @@ on any screen), and gathers the parameter cell's names into a :class:`Setting`.
 """
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from typing import Mapping
@@ -35,6 +36,7 @@ def setup(namespace: Mapping[str, object]) -> Setting:
     pd.set_option("styler.format.precision", 3)
     pd.set_option("styler.format.na_rep", "—")
     _missing_as_dash()
+    _spaced_headers()
     matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "skillgraft"})
     try:
         from matplotlib_inline.backend_inline import set_matplotlib_formats
@@ -63,6 +65,30 @@ def _missing_as_dash() -> None:
     format._skillgraft = True
     format.__doc__ = original.__doc__
     Styler.format = format
+
+
+_HEADER = re.compile(r'(<th\b[^>]*class="(?:col_heading|index_name)[^"]*"[^>]*>)([^<]*)(</th>)')
+
+
+def _spaced_headers() -> None:
+    """A styled table shows its column and index names with spaces for underscores
+    ("normalized recovery"), so that a narrow screen can wrap a header between its words;
+    the frame's own names and the cells are left as they are."""
+    from pandas.io.formats.style import Styler
+
+    if getattr(Styler.to_html, "_skillgraft", False):
+        return
+    original = Styler.to_html
+
+    def to_html(self, *args, **kwargs):
+        html = original(self, *args, **kwargs)
+        if html is None:  # written to a buffer: left as it is
+            return html
+        return _HEADER.sub(lambda m: m.group(1) + m.group(2).replace("_", " ") + m.group(3), html)
+
+    to_html._skillgraft = True
+    to_html.__doc__ = original.__doc__
+    Styler.to_html = to_html
 
 
 def elapsed() -> float:

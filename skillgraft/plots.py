@@ -45,6 +45,7 @@ _EXTRA = sns.color_palette("dark", 10).as_hex()  # for variants or modules not l
 _PANEL = (3.6, 2.9)  # inches per panel (width, height)
 _WIDTH = 6.2         # inches: at most; a phone shows a figure at ~370 px, so the text must not shrink far
 _MAX_COLS = 2        # panels per row before a grid wraps
+_NARROW = 2.3        # inches per panel of a grid of small square panels (reliability diagrams, heatmaps)
 _MARKERS = {"graft": ("o", "-"), "top-movement": ("s", "--"), "random": ("^", ":")}  # lines that coincide stay apart
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 11.5, "axes.labelsize": 11, "xtick.labelsize": 10,
                      "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 12})
@@ -212,7 +213,7 @@ def reliability_diagrams(df: pd.DataFrame, ece: Mapping | None = None, title: st
     n_cols = min(len(panels), _MAX_COLS)
     n_rows = -(-len(panels) // n_cols)
     fig, axes = _grid(n_rows, n_cols, title or "Reliability diagrams (10 equal-width bins of top-class confidence)",
-                      sharex=True, sharey=True)
+                      width=min(_WIDTH, _NARROW * n_cols + 0.3), sharex=True, sharey=True)
     flat = list(axes.ravel())
     for ax in flat[len(panels):]:
         ax.set_visible(False)
@@ -366,7 +367,7 @@ def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str, fmt: str = ".2f",
     vmax = float(np.nanmax(values)) if vmax is None else vmax
     n_cols = min(len(mats), _MAX_COLS)  # two a row: three in a row would be too small to read on a phone
     n_rows = -(-len(mats) // n_cols)
-    size = min(1.0 + 0.7 * max(max(m.shape) for m in mats.values()), (_WIDTH - 0.8) / n_cols)
+    size = min(1.0 + 0.7 * max(max(m.shape) for m in mats.values()), (_NARROW * n_cols - 0.8) / n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols + 0.8, (size + 0.6) * n_rows + 0.4),
                              layout="constrained", squeeze=False)
     flat = list(axes.ravel())

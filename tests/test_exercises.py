@@ -52,3 +52,20 @@ def test_previous_minutes_are_read_from_the_glued_outputs(tmp_path):
     (tmp_path / "answers.ipynb").write_text(json.dumps(nb))
     assert ex.previous_minutes(tmp_path / "answers.ipynb") == {"ex_1_4": 0.9}
     assert ex.previous_minutes(tmp_path / "absent.ipynb") == {}
+
+
+def test_every_solution_glues_the_answer_the_answers_page_measured():
+    """Each exercise's solution pastes its measured sentence and minutes from the answers page,
+    and the committed answers page glues both for every exercise of the teaching page."""
+    import json
+    import re
+
+    text = PAGE.read_text()
+    nb = json.loads((ROOT / "book" / "answers.ipynb").read_text())
+    glued = {o["metadata"]["scrapbook"]["name"] for c in nb["cells"] for o in c.get("outputs", [])
+             if "scrapbook" in o.get("metadata", {})}
+    for e in ex.exercises(PAGE):
+        solution = re.search(r":::\{solution\} " + re.escape(e.label) + r"\n(.*?)\n:::", text, re.S)
+        assert solution, f"{e.label} has no solution"
+        assert f"answers.ipynb::{e.key}:s" in solution.group(1) and f"{e.key}_minutes:s" in solution.group(1), e.label
+        assert {e.key, f"{e.key}_minutes"} <= glued, f"the answers page does not glue {e.label}"

@@ -43,3 +43,14 @@ def test_elapsed_needs_setup(monkeypatch):
     monkeypatch.setattr(notebook, "_started", None)
     with pytest.raises(RuntimeError, match="setup"):
         notebook.elapsed()
+
+
+def test_styled_tables_show_headers_with_spaces_and_cells_as_they_are():
+    import pandas as pd
+
+    notebook.setup({})
+    frame = pd.DataFrame({"normalized_recovery": [0.5], "task": ["a_b"]}).set_index("task")
+    html = frame.style.format({"normalized_recovery": "{:.1%}"})._repr_html_()
+    assert ">normalized recovery</th>" in html and "normalized_recovery</th>" not in html
+    assert ">a_b</th>" in html or ">a_b</td>" in html  # a row label or value keeps its underscore
+    assert list(frame.columns) == ["normalized_recovery"]
