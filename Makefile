@@ -10,6 +10,13 @@ export SKILLGRAFT_HOME ?= $(HOME)/.cache/skillgraft
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
+# tcmalloc, where the machine has it (Debian: libtcmalloc-minimal4): torch's CPU steps run faster and
+# peak lower than under glibc's allocator, with bit-identical results (alignment is torch's own).
+TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
+ifneq ($(TCMALLOC),)
+export LD_PRELOAD := $(TCMALLOC)$(if $(LD_PRELOAD), $(LD_PRELOAD))
+export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD ?= 68719476736
+endif
 
 .PHONY: setup assets book test unit compute nbval bench fidelity answers clean
 

@@ -214,10 +214,13 @@ class PromptClassifier:
         return F.cross_entropy(self.class_logits(batch), batch["labels"])
 
     def length_order(self, dataset) -> list[int]:
-        """Indices of ``dataset`` from the shortest text to the longest (stable): batches cut in
-        this order are of similar length, so they carry little padding."""
-        cols = [list(dataset[f]) for f in self.prompt.text_fields]
-        return sorted(range(len(dataset)), key=lambda i: sum(len(str(c[i])) for c in cols))
+        """Indices of ``dataset`` from the fewest tokens to the most, as encoded (stable): batches
+        cut in this order carry almost no padding (ordered by characters, a batch of 16 test
+        sentences was 16-22% padding)."""
+        fields = self.prompt.text_fields
+        cols = {f: list(dataset[f]) for f in fields}
+        sizes = [len(self._tokens({f: cols[f][i] for f in fields})) for i in range(len(dataset))]
+        return sorted(range(len(dataset)), key=sizes.__getitem__)
 
     def predict_proba(self, dataset, batch_size: int = 32, progress: bool = False,
                       precision: str | None = None, report: bool = False) -> np.ndarray:

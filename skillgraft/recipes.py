@@ -338,7 +338,7 @@ class Prediction(Recipe):
         data = lab.splits(self.task, self.k or 16, self.seed or 0)[self.split]
         with lab.applied(self.delta, self.mask), progress.stage(f"predicting {self.task} {self.split}, "
                                                                  f"{len(data)} examples"):
-            probs = clf.predict_proba(data, batch_size=16, precision=self.precision, report=True)
+            probs = clf.predict_proba(data, batch_size=32, precision=self.precision, report=True)
         return {"probs": torch.from_numpy(probs), "labels": torch.tensor(data["label"])}, {}
 
     def value(self, entry, lab: "Lab"):

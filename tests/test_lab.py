@@ -144,6 +144,9 @@ def test_continual_shares_its_first_stage(setting):
     assert r["sequential"].iloc[0, 0] == (probs.argmax(1) == labels).mean()
     # the stored single-task delta was not trained again: the sequence went on from it
     assert all(torch.equal(first[n], lab.delta(single)[n]) for n in first)
+    # above the diagonal (cr before it is learned) feeds no metric with two tasks: not evaluated
+    assert all(np.isnan(r[m].iloc[0, 1]) for m in ("sequential", "stitched", "graft (task known)"))
+    assert (13, "sequential", 0, 1) not in res.probs and (13, "sequential", 1, 0) in res.probs
     stage1 = lab.fine_tune(["mr", "cr"], setting.k, 13, setting.finetune, mode="sequential", stage=1)
     assert lab.store.load_meta(stage1)["history"][0]["task"] == 1
     stage2 = lab.fine_tune(["mr", "cr", "mr"], setting.k, 13, setting.finetune, mode="sequential", stage=2)
@@ -210,3 +213,18 @@ def test_the_other_start_runs_on_the_first_compare_seeds_only(setting):
     assert set(res.results[res.results.seed == 21].start.dropna()) == {"refine"}
     every = ex.single_task.single_task(["mr"], [13, 21], [0.05], setting)
     assert every.grafts.groupby("seed").start.nunique().tolist() == [2, 2]
+
+
+def test_continual_evaluates_what_its_metrics_read():
+    from skillgraft import metrics as mt
+
+    assert [[ex.continual.evaluated(t, j, 2) for j in range(2)] for t in range(2)] == [[True, False], [True, True]]
+    grid = [[ex.continual.evaluated(t, j, 3) for j in range(3)] for t in range(3)]
+    assert grid == [[True, True, False], [True, True, False], [True, True, True]]
+    # forgetting over a matrix with the unevaluated entries blanked equals it over the full matrix
+    rng = np.random.default_rng(0)
+    for T in (2, 3, 4):
+        full = rng.uniform(size=(T, T))
+        blank = np.where([[ex.continual.evaluated(t, j, T) for j in range(T)] for t in range(T)], full, np.nan)
+        assert mt.forgetting(blank) == mt.forgetting(full)
+        assert mt.backward_transfer(blank) == mt.backward_transfer(full)

@@ -102,11 +102,21 @@ def test_length_order_cuts_batches_with_less_padding(causal):
     texts = ["a b c d e f g h i j", "a", "a b c d e", "a b", "a b c d e f g h", "a b c"]
     ds = datasets.Dataset.from_dict({"text": texts, "label": [0, 1] * 3})
     order = causal.length_order(ds)
-    assert sorted(order) == list(range(6)) and [len(texts[i]) for i in order] == sorted(map(len, texts))
+    tokens = [len(causal._tokens({"text": t})) for t in texts]
+    assert sorted(order) == list(range(6)) and [tokens[i] for i in order] == sorted(tokens)
 
     def padded(idx):  # tokens of batches of 2 cut in this order, padding included
         return sum(causal.encode(ds[idx[i:i + 2]])["input_ids"].numel() for i in range(0, 6, 2))
     assert padded(order) < padded(list(range(6)))
+
+
+def test_length_order_counts_tokens_not_characters(causal):
+    # one long word is few tokens, many one-letter words are many: characters would sort them the other way
+    texts = ["a b c d e f g h", "abcdefghijklmnopqrstuvwxyz"]
+    tokens = [len(causal._tokens({"text": t})) for t in texts]
+    assert tokens[0] != tokens[1]
+    ds = datasets.Dataset.from_dict({"text": texts, "label": [0, 1]})
+    assert [tokens[i] for i in causal.length_order(ds)] == sorted(tokens)
 
 
 def test_predict_proba_restores_training_mode(causal):
@@ -148,3 +158,4 @@ def test_bf16_autocast_is_close_to_fp32_and_can_be_overridden(tiny_llama, tokeni
         PromptClassifier(lm, CAUSAL, precision="fp16")
     with pytest.raises(ValueError, match="unknown precision"):
         bf16.predict_proba(data, precision="half")
+

@@ -19,7 +19,7 @@ from ..recipes import Difference, Stitch
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, fine_tune_regime, graft_regime, pooled
 
-__all__ = ["CONTINUAL_METHODS", "Continual", "run", "continual", "intervals", "rule", "caveats"]
+__all__ = ["CONTINUAL_METHODS", "Continual", "run", "continual", "evaluated", "intervals", "rule", "caveats"]
 
 
 def run(p: dict, setting: Setting | None = None) -> "Continual":
@@ -83,6 +83,8 @@ def continual(sequence: list[str], seeds: list[int] | int, sparsity: float, sett
         for t in range(T):
             stitched = _stitched_variant(lab, stages, mspecs, t, sparsity)
             for j, task in enumerate(sequence):
+                if not evaluated(t, j, T):
+                    continue
                 record("sequential", t, j, task, Variant("sequential", delta=stages[t]))
                 record("stitched", t, j, task, stitched)
                 if j <= t:
@@ -108,6 +110,14 @@ def continual(sequence: list[str], seeds: list[int] | int, sparsity: float, sett
     matrices = {m: sum(rs) / len(rs) for m, rs in per_seed_R.items()}
     return Continual(matrices, summary, pd.DataFrame(regions), per_seed, kept,
                      fine_tune_regime(lab, dspecs), graft_regime(lab, gspecs))
+
+
+def evaluated(t: int, j: int, T: int) -> bool:
+    """Whether entry R[t, j] of a T-stage sequence is evaluated: on or below the diagonal (a task
+    learned by stage t), or above it where forgetting reads it (a task not yet learned, before the
+    last stage: t < j ≤ T − 2, Chaudhry et al.'s maximum over the stages before the last). The rest
+    feeds no metric; with two tasks that is the one entry above the diagonal."""
+    return j <= t or j <= T - 2
 
 
 def intervals(result: Continual, method: str = "graft (task known)", **kw) -> tuple:
