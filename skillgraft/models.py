@@ -181,8 +181,8 @@ def load_lm(name_or_path: str = assets.DEFAULT_MODEL, device: str = "cpu",
                          f"supported: {sorted(ARCHITECTURES)}")
     kind = ARCHITECTURES[config.model_type].kind
     auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
-    # Eager attention: on the CPU, at the chapters' lengths (≤ 64 tokens), its backward costs a
-    # seventh of SDPA's flash kernel, and a fine-tuning step about 12% less (benchmarks/graft_speed.py).
+    # Eager attention: on the CPU, at the chapters' lengths (≤ 64 tokens), SDPA's flash-attention
+    # backward is the slow part of a step; `make bench` reports a fine-tuning pass eager against SDPA.
     model = auto.from_pretrained(source, dtype=dtype, attn_implementation=ATTENTION).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:  # causal LMs often ship without one; padding is masked anyway

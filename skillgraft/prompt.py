@@ -26,6 +26,7 @@ __all__ = ["PRECISIONS", "Prompt", "PromptClassifier", "template_fields"]
 log = logging.getLogger(__name__)
 
 MASK = "mask"  # the template slot replaced by the tokenizer's mask token (masked LMs)
+TOKEN_MEMO = 100_000  # examples whose token ids a classifier remembers (a few MB)
 PRECISIONS = ("fp32", "bf16")  # compute of forward and backward; weights, deltas and probabilities stay fp32
 
 
@@ -137,19 +138,31 @@ class PromptClassifier:
                              f"got {first}; choose words that differ in their first sub-token")
         self.label_ids = torch.tensor(ids, dtype=torch.long)  # (C,)
         self.num_classes = len(ids)
+        self._memo: dict[tuple, tuple[int, ...]] = {}  # (max_length, prompt, texts...) -> token ids
 
     # ------------------------------------------------------------------ text -> ids
     def render(self, example: dict) -> str:
         return self.prompt.render(example, self.mask_token)
 
     def _tokens(self, example: dict) -> list[int]:
-        """Token ids of one rendered example, shortening its text (never the template) to fit."""
-        example = {f: _clean(example[f]) for f in self.prompt.text_fields}
+        """Token ids of one rendered example, shortening its text (never the template) to fit.
+
+        Remembered per text, prompt and max_length (up to ``TOKEN_MEMO`` examples): sorting by length,
+        batching and every later scoring of the same set read one encoding pass."""
+        key = (self.max_length, self.prompt, *(str(example[f]) for f in self.prompt.text_fields))
+        ids = self._memo.get(key)
+        if ids is None:
+            if len(self._memo) >= TOKEN_MEMO:
+                self._memo.clear()
+            ids = self._memo[key] = self._fit({f: _clean(example[f]) for f in self.prompt.text_fields})
+        return list(ids)
+
+    def _fit(self, example: dict) -> tuple[int, ...]:
         for _ in range(20):
             ids = self.tokenizer(self.render(example)).input_ids
             excess = len(ids) - self.max_length
             if excess <= 0:
-                return ids
+                return tuple(ids)
             field = max(example, key=lambda f: len(example[f]))  # shorten the longest text, from its end
             sub = self.tokenizer(example[field], add_special_tokens=False).input_ids
             if not sub:

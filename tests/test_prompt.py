@@ -159,3 +159,26 @@ def test_bf16_autocast_is_close_to_fp32_and_can_be_overridden(tiny_llama, tokeni
     with pytest.raises(ValueError, match="unknown precision"):
         bf16.predict_proba(data, precision="half")
 
+
+
+def test_each_example_is_encoded_once_across_sorting_batching_and_scoring(causal, monkeypatch):
+    ds = datasets.Dataset.from_dict({"text": TEXTS * 2, "label": [0, 1, 0] * 2})
+    want = causal.predict_proba(ds)  # fills the memo
+    fresh = PromptClassifier(causal.lm, CAUSAL)
+    calls = []
+    real = fresh.tokenizer.__class__.__call__
+    monkeypatch.setattr(fresh.tokenizer.__class__, "__call__", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    np.testing.assert_array_equal(fresh.predict_proba(ds), want)  # the memo changes no prediction
+    fresh.accuracy(ds)
+    fresh.length_order(ds)
+    assert len(calls) == len(set(TEXTS))  # one tokenizer call per distinct text, none for the repeats
+
+
+def test_token_memo_follows_max_length(causal):
+    long = "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 3
+    full = causal._tokens({"text": long})
+    causal.max_length = 24
+    cut = causal._tokens({"text": long})
+    assert len(cut) <= 24 < len(full)
+    cut.append(0)  # a caller's list is its own: the memo keeps the ids
+    assert causal._tokens({"text": long}) == cut[:-1]
