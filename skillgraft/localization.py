@@ -216,6 +216,11 @@ def _scores(clf, train, dev, cfg: GraftConfig, best: float | None) -> tuple[floa
     above ``best``; then train, given up when it cannot. Float addition is monotone, so a
     bound ≤ ``best`` means the exact sum is too: the kept mask is the one full scoring keeps.
     """
+    with clf.casting():  # the grafted weights are fixed while they are scored
+        return _scores_at(clf, train, dev, cfg, best)
+
+
+def _scores_at(clf, train, dev, cfg: GraftConfig, best: float | None) -> tuple[float, float]:
     bs = cfg.eval_batch_size
     if best is None or cfg.select == "last":
         return clf.accuracy(train, batch_size=bs), clf.accuracy(dev, batch_size=bs)
@@ -249,7 +254,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     """Find the graft γ by the paper's algorithm (official ``graft_trainer.py``; PAPER.md "Localization").
 
     ``clf`` is a :class:`skillgraft.prompt.PromptClassifier` over θ_pre (``lm.model``,
-    ``encode``, ``loss``, ``accuracy``, ``length_order``); ``delta`` is θ_ft − θ_pre over all graftable
+    ``encode``, ``loss``, ``accuracy``, ``length_order``, ``casting``); ``delta`` is θ_ft − θ_pre over all graftable
     parameters; ``train``/``dev`` are ``datasets.Dataset``. Each epoch: θ = θ_pre + frac⊙δ
     in place, g = mean over the train batches of ∇θL ⊙ δ, one step on S, then round(frac) is
     grafted and scored on train and dev; the best (first on ties) is kept. Scoring a mask stops
@@ -280,17 +285,20 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
     rows: list[dict] = []
     best: tuple[float, int, Mask] | None = None
 
-    scored: list[tuple[Mask, float, float]] = []  # the last mask scored, with its accuracies (NaN: not needed)
+    # every mask scored, with its accuracies (NaN: not needed). A NaN stays right for a mask seen
+    # again: it could not beat the kept mask then, and the kept mask's key only grows.
+    scored: list[tuple[Mask, float, float]] = []
 
     def score(epoch: int, graft: Mask, stats: dict) -> None:
         nonlocal best
         start = time.perf_counter()
-        if scored and scored[-1][0].equal(graft):  # the rounded mask did not change: its scores are known
-            tr, dv = scored[-1][1:]
+        known = next((s for s in scored if s[0].equal(graft)), None)
+        if known is not None:  # this rounded mask was scored before: its scores are known
+            tr, dv = known[1:]
         else:
             with grafted(model, delta, graft):
                 tr, dv = _scores(clf, train, dev, cfg, None if best is None or cfg.score_all else best[0])
-            scored[:] = [(graft, tr, dv)]
+            scored.append((graft, tr, dv))
         added = graft.added(base)
         total = graft.total
         rows.append({"epoch": epoch, "count": graft.count, "sparsity": graft.count / total, "added": added,

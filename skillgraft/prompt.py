@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import string
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -220,6 +222,17 @@ class PromptClassifier:
             logits = getattr(model, self.spec.head)(h)                           # (B, V)
         return logits[:, self.label_ids.to(logits.device)].float()              # (B, C)
 
+    @contextmanager
+    def casting(self, precision: str | None = None) -> Iterator[None]:
+        """Forwards inside share one bf16 cast of each trainable fp32 weight (autocast's cache),
+        instead of casting every weight again for every batch; values are the same casts.
+
+        For inference at fixed weights, under ``torch.no_grad`` (autocast caches nothing under
+        ``inference_mode``): the weights must not change inside. A no-op in fp32."""
+        bf16 = (precision or self.precision) == "bf16"
+        with torch.autocast(self.lm.device.type, dtype=torch.bfloat16, enabled=bf16):
+            yield
+
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Mean cross-entropy over the label words (softmax over the C label words only)."""
         if "labels" not in batch:
@@ -256,7 +269,7 @@ class PromptClassifier:
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
+            with torch.no_grad(), self.casting(precision):  # no_grad: inference_mode would cast per batch
                 starts = range(0, n, batch_size)
                 for b, s in enumerate(tqdm(starts, desc="predict", disable=not progress, leave=False)):
                     idx = order[s:s + batch_size]

@@ -1,6 +1,8 @@
 """Graft masks, in-place grafting with exact revert, baselines, stitching and the localization step."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import json
 from types import SimpleNamespace
 
@@ -295,13 +297,17 @@ class Toy(nn.Module):
 
 
 class ToyClassifier:
-    """The duck-typed classifier localize needs: lm.model, encode, loss, accuracy, length_order."""
+    """The duck-typed classifier localize needs: lm.model, encode, loss, accuracy, length_order, casting."""
 
     def __init__(self, model: Toy):
         self.lm = SimpleNamespace(model=model)
 
     def encode(self, examples):
         return {"x": torch.tensor(examples["x"]), "labels": torch.tensor(examples["label"])}
+
+    @contextmanager
+    def casting(self):
+        yield
 
     def length_order(self, dataset):
         return sorted(range(len(dataset)), key=lambda i: float(np.abs(dataset[i]["x"]).sum()))  # any order serves
@@ -519,3 +525,29 @@ def test_bounded_scoring_keeps_the_mask_that_full_scoring_keeps(select):
         skipped += n_full - n_lazy
         kept.add(full.best_epoch)
     assert skipped > 0 and len(kept) > 1  # the bound did cut work, on problems that keep different epochs
+
+
+def test_a_mask_seen_again_is_not_scored_again(monkeypatch):
+    """Rounded masks that come back (here base, +a, base, +a, +b) are scored once each, even
+    when another mask came between; the history repeats their accuracies."""
+    from skillgraft import localization
+
+    clf, delta, train, dev = toy_problem(4)
+    clf.__class__ = CountingClassifier
+    calls = iter(range(100))
+
+    def rounded(z, base):
+        name = next(iter(base.index))
+        free = [i for i in range(base.shapes[name][0]) if i not in set(base.index[name].tolist())]
+
+        def plus(i):
+            return Mask._of({**base.index, name: torch.cat([base.index[name], torch.tensor([i])]).sort().values},
+                            base.shapes)
+        return [plus(free[0]), base, plus(free[0]), plus(free[1])][next(calls)]
+    monkeypatch.setattr(localization, "_rounded", rounded)
+    res = localize(clf, delta, train, dev, GraftConfig(sparsity=2 / 72, lr=1e7, epochs=4, batch_size=16,
+                                                      score_all=True), progress=False)
+    assert clf.scored == 3 * (len(train) + len(dev))  # three distinct masks: base, +a, +b
+    h = res.history.set_index("epoch")
+    for again, first in ((2, 0), (3, 1)):
+        assert h.loc[again, ["train_acc", "dev_acc"]].tolist() == h.loc[first, ["train_acc", "dev_acc"]].tolist()

@@ -182,3 +182,50 @@ def test_token_memo_follows_max_length(causal):
     assert len(cut) <= 24 < len(full)
     cut.append(0)  # a caller's list is its own: the memo keeps the ids
     assert causal._tokens({"text": long}) == cut[:-1]
+
+
+def test_bf16_predictions_cast_each_weight_once_per_call(causal):
+    """In bf16, one prediction call casts every trainable weight once, not once per batch,
+    and gives the probabilities that batch-by-batch casting gives."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            to = (func is torch.ops.aten._to_copy.default and kwargs.get("dtype") is torch.bfloat16
+                  or func is torch.ops.aten.to.dtype and torch.bfloat16 in args[1:])
+            self.n += bool(to and args[0].dim() == 2 and args[0].requires_grad)  # a weight, not activations
+            return func(*args, **kwargs)
+
+    bf16 = PromptClassifier(causal.lm, CAUSAL, precision="bf16")
+    ds = datasets.Dataset.from_dict({"text": TEXTS * 2})
+    with Casts() as one:
+        bf16.predict_proba(ds, batch_size=6)
+    with Casts() as three:
+        proba = bf16.predict_proba(ds, batch_size=2)
+    weights = sum(p.dim() == 2 for p in causal.lm.model.parameters())
+    assert 0 < one.n <= weights and three.n == one.n  # the 2 extra batches did not cast the weights again
+    per_batch = []
+    for i in range(0, 6, 2):  # each batch alone, its own casts
+        order = bf16.length_order(ds)[i:i + 2]
+        batch = bf16.encode(ds[order])
+        with torch.inference_mode():
+            per_batch.append((order, torch.softmax(bf16.class_logits(batch), -1).numpy()))
+    for order, p in per_batch:
+        np.testing.assert_array_equal(proba[order], p)
+
+
+def test_predictions_inside_autocast_leave_no_detached_casts(causal):
+    """A caller's own autocast around a prediction and then a training step: the step's
+    weights still get gradients (the prediction's gradient-free casts are not reused)."""
+    bf16 = PromptClassifier(causal.lm, CAUSAL, precision="bf16")
+    ds = datasets.Dataset.from_dict({"text": TEXTS, "label": [0, 1, 0]})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16.predict_proba(ds)
+        bf16.loss(bf16.encode(ds[:])).backward()
+    weights = [p for p in causal.lm.model.parameters() if p.dim() == 2]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)
