@@ -43,13 +43,14 @@ unit: setup
 # Compute first, validate second: executing each chapter (into runs/compute, never over the book's
 # notebooks) fills the store with every fine-tune, graft and prediction, with no cell timeout; nbval
 # then re-executes the notebooks from the store in seconds a cell and compares the committed outputs.
-# (On two cores this is faster than `skillgraft sweep` on two one-thread workers, whose results are
-# bit-identical but which share the memory bandwidth: the sweep is for machines with more cores.)
+# (On two cores this is faster than `skillgraft sweep` on two one-thread workers, which share the memory
+# bandwidth, and whose results differ in their last bits: they depend on torch's thread count.)
 compute: setup
 	@for nb in notebooks/[0-9][0-9]_*.ipynb; do $(BIN)/skillgraft run $$nb --output-dir runs/compute || exit 1; done
 
+# On a busy machine the kernels' torch threads wait passively (skillgraft/machine.py), as under `skillgraft run`.
 nbval: compute
-	$(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
+	env $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
 
 test: unit nbval
 	$(BIN)/skillgraft book --no-execute

@@ -11,8 +11,15 @@ the report ``make bench`` prints. Reported, never asserted (these machines are n
    so other load on the machine hits both alike.
 3. Prediction throughput (test examples a second), fp32 against bf16.
 4. Peak resident memory of a localization and of fine-tuning, in fresh child processes
-   (``/proc/self/clear_refs``, then ``VmHWM``), as multiples of the fp32 model.
-5. The fidelity of bf16 against fp32 (``benchmarks/precision_fidelity.py``, about half an
+   (``/proc/self/clear_refs``, then ``VmHWM``), as multiples of the fp32 model, and what is
+   resident when localization's first step starts (interpreter, model, δ, S).
+5. Attention: a bf16 fine-tuning pass with the model's eager attention against SDPA's fused
+   kernel (``skillgraft.models.ATTENTION``), interleaved with the rest.
+6. A busy machine: 8 bf16 fine-tuning steps in fresh child processes, alone and beside one
+   CPU-bound process, with torch's threads spinning (OpenMP's default) or waiting passively
+   (``OMP_WAIT_POLICY=PASSIVE``, what ``skillgraft run`` picks on a busy machine), and
+   whether the four deltas are bit-identical.
+7. The fidelity of bf16 against fp32 (``benchmarks/precision_fidelity.py``, about half an
    hour: ``make fidelity``), read from its committed output.
 
     python benchmarks/graft_speed.py [--task mr] [--repeats 3] [--threads N]
@@ -69,18 +76,68 @@ def memory_child(args) -> None:
     graft_bytes = sum(d.numel() * 4 for d in delta.values())
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = status_kb("VmRSS")
+    first_step = []
     if args.memory_what == "localize":
+        from skillgraft import localization
+
+        epoch = localization._epoch
+
+        def timed_epoch(*a, **k):  # what is resident when the first step starts: model, δ, S, scratch
+            first_step.append(status_kb("VmRSS")) if not first_step else None
+            return epoch(*a, **k)
+        localization._epoch = timed_epoch
         localize(clf, delta, splits.train, splits.dev, GraftConfig(**{**CHAPTER_GRAFT, "epochs": 2}), progress=False)
     else:
         n_batches = -(-len(splits.train) // args.batch_size)
         finetune(clf, splits.train, splits.dev, FinetuneConfig(steps=2 * n_batches, eval_every=n_batches,
                                                               fit_loss=None), progress=False)
     print(json.dumps({"runtime_kb": runtime, "before_kb": before, "peak_kb": status_kb("VmHWM"),
+                      "first_step_kb": first_step[0] if first_step else None,
                       "model_bytes": model_bytes, "graft_bytes": graft_bytes}))
 
 
+def busy_child(args) -> None:
+    """In a fresh process (its OpenMP wait policy fixed at start): 8 bf16 fine-tuning steps, timed."""
+    import hashlib
+
+    from skillgraft.finetune import FinetuneConfig, finetune
+
+    lm, clfs, splits = setup(args)
+    cfg = FinetuneConfig(steps=8, eval_every=4, fit_loss=None)
+    finetune(clfs["bf16"], splits.train, splits.dev, FinetuneConfig(steps=2, eval_every=2, fit_loss=None),
+             progress=False)  # warm up
+    start = time.perf_counter()
+    delta = finetune(clfs["bf16"], splits.train, splits.dev, cfg, progress=False).delta
+    seconds = time.perf_counter() - start
+    digest = hashlib.sha256(b"".join(d.numpy().tobytes() for d in delta.values())).hexdigest()
+    print(json.dumps({"seconds": seconds, "delta": digest}))
+
+
+def busy(args) -> dict:
+    """(alone | beside one CPU-bound process) × (spinning | passive waiting): seconds, delta hash."""
+    import os
+
+    same = {k: v for k, v in vars(args).items() if v is not None and not k.startswith(("memory_", "busy_"))}
+    cmd = [sys.executable, __file__, "--busy-child"] + [f"--{k.replace('_', '-')}={v}" for k, v in same.items()]
+    out = {}
+    for load in ("alone", "beside"):
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "beside" else None
+        try:
+            for policy in ("spin", "passive"):
+                env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+                if policy == "passive":
+                    env["OMP_WAIT_POLICY"] = "PASSIVE"
+                res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+                out[load, policy] = json.loads(res.stdout.strip().splitlines()[-1])
+        finally:
+            if hog is not None:
+                hog.kill()
+                hog.wait()
+    return out
+
+
 def child(args, path: Path, what: str, precision: str) -> dict:
-    same = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("memory_")}
+    same = {k: v for k, v in vars(args).items() if v is not None and not k.startswith(("memory_", "busy_"))}
     cmd = [sys.executable, __file__, "--memory-child", str(path), "--memory-what", what,
            "--memory-precision", precision] + [f"--{k.replace('_', '-')}={v}" for k, v in same.items()]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -111,12 +168,15 @@ def main() -> None:
     p.add_argument("--memory-child", help=argparse.SUPPRESS)  # internal: path of δ for the memory child
     p.add_argument("--memory-what", default="localize", help=argparse.SUPPRESS)
     p.add_argument("--memory-precision", default="bf16", help=argparse.SUPPRESS)
+    p.add_argument("--busy-child", action="store_true", help=argparse.SUPPRESS)  # internal: one timed fine-tune
     args = p.parse_args()
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
         return memory_child(args)
+    if args.busy_child:
+        return busy_child(args)
 
     import numpy as np
     from safetensors.torch import save_file
@@ -126,12 +186,21 @@ def main() -> None:
 
     t0 = time.time()
     lm, clfs, splits = setup(args)
+    from skillgraft import models
+    from skillgraft.tasks import get_task
+
+    attention, models.ATTENTION = models.ATTENTION, "sdpa"
+    try:  # the same model with SDPA's fused attention, for one comparison
+        sdpa = get_task(args.task).classifier(models.load_lm(args.model), max_length=args.max_length, precision="bf16")
+    finally:
+        models.ATTENTION = attention
     n_batches = -(-len(splits.train) // args.batch_size)
     one_pass = FinetuneConfig(steps=n_batches, batch_size=args.batch_size, eval_every=n_batches, fit_loss=None)
     one_epoch = GraftConfig(**{**CHAPTER_GRAFT, "epochs": 1}, batch_size=args.batch_size, include_base=False)
     print("δ: fine-tuning at the chapters' defaults (bf16)", file=sys.stderr, flush=True)
     delta = finetune(clfs["bf16"], splits.train, splits.dev, FinetuneConfig(steps=args.ft_steps), progress=False).delta
     t = {(k, prec): [] for k in ("ft", "grad", "score", "predict") for prec in clfs}
+    t["ft-sdpa", "bf16"] = []
     for r in range(args.repeats):  # interleaved: every quantity sees the same machine load
         print(f"repeat {r + 1}/{args.repeats}", file=sys.stderr, flush=True)
         for prec, clf in clfs.items():
@@ -141,8 +210,10 @@ def main() -> None:
             t["grad", prec].append(float(h["seconds_step"].iloc[0]))
             t["score", prec].append(float(h["seconds_eval"].iloc[0]))
             start = time.perf_counter()
-            clf.predict_proba(splits.test, batch_size=16)
+            clf.predict_proba(splits.test, batch_size=32)
             t["predict", prec].append(time.perf_counter() - start)
+        ft = finetune(sdpa, splits.train, splits.dev, one_pass, progress=False)
+        t["ft-sdpa", "bf16"].append(float(ft.history["seconds"].sum()))
     chapter = {}
     for prec, clf in clfs.items():  # a whole localization as the chapters run it
         print(f"chapter localization, {prec}", file=sys.stderr, flush=True)
@@ -160,6 +231,8 @@ def main() -> None:
         save_file({n: d.contiguous() for n, d in delta.items()}, str(path))
         print("memory: child processes", file=sys.stderr, flush=True)
         mem = {(what, prec): child(args, path, what, prec) for what in ("localize", "finetune") for prec in clfs}
+    print("busy machine: child processes", file=sys.stderr, flush=True)
+    crowded = busy(args)
     med = {k: float(np.median(v)) for k, v in t.items()}
     size = mem["localize", "fp32"]["model_bytes"]
     design = 1 + 3 * mem["localize", "fp32"]["graft_bytes"] / size
@@ -170,6 +243,8 @@ def main() -> None:
     rows = [("train set", f"{len(splits.train)} examples = {n_batches} batches of ≤ {args.batch_size}", "", "")]
     rows.append(("fine-tuning pass (s, median)", f"{med['ft', 'fp32']:.2f}", f"{med['ft', 'bf16']:.2f}", ""))
     rows.append(("**fine-tuning step fp32 / bf16**", "", f"**{ratio(med['ft', 'fp32'], med['ft', 'bf16'])}**", ""))
+    rows.append(("bf16 fine-tuning pass, SDPA attention / eager (the default)", "",
+                 ratio(med["ft-sdpa", "bf16"], med["ft", "bf16"]), ""))
     for prec in clfs:
         pass_ = med["ft", prec]
         rows += [
@@ -193,6 +268,12 @@ def main() -> None:
     rt = mem["localize", "fp32"]["runtime_kb"] * 1024
     rows.append(("interpreter footprint (python, torch, transformers; no model) / model", ratio(rt, size), "", ""))
     rows.append(("state by design: model + δ + S + gradients / model", f"{design:.2f}", "", ""))
+    for prec in clfs:
+        m = mem["localize", prec]
+        rows.append((f"{prec}: resident when localization's first step starts (interpreter, model, δ, S) / model",
+                     ratio(m["first_step_kb"] * 1024, size),
+                     f"then + {ratio((m['peak_kb'] - m['first_step_kb']) * 1024, size)}: gradients, "
+                     "activations, allocator", ""))
     for what in ("localize", "finetune"):
         for prec in clfs:
             m = mem[what, prec]
@@ -200,6 +281,12 @@ def main() -> None:
             rows.append((f"{prec}: **peak resident during {label} / model**",
                          f"**{ratio(m['peak_kb'] * 1024, size)}**", f"{ratio((m['peak_kb'] - m['runtime_kb']) * 1024, size)}"
                          " above the interpreter", "≤ 3.5" if what == "localize" else ""))
+    alone = crowded["alone", "spin"]["seconds"]
+    for load, policy in crowded:
+        rows.append((f"8 bf16 fine-tuning steps, {load} {'' if load == 'alone' else 'one CPU-bound process '}"
+                     f"({'spinning' if policy == 'spin' else 'passive'} waits), s / alone spinning",
+                     f"{crowded[load, policy]['seconds']:.1f} s", ratio(crowded[load, policy]["seconds"], alone), ""))
+    rows.append(("… the four deltas bit-identical", str(len({v["delta"] for v in crowded.values()}) == 1), "", ""))
     print(f"## Speed and memory: {args.model}, task {args.task}, k = {args.k}, batch {args.batch_size}, "
           f"max_length {args.max_length}, {torch.get_num_threads()} threads\n")
     print("| quantity | fp32 / value | bf16 / note | target |\n|---|---|---|---|")

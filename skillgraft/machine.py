@@ -51,3 +51,7 @@ def kernel_environment(busy: float | None, environ: dict | None = None) -> dict[
     if "OMP_WAIT_POLICY" in environ or busy is None or busy < BUSY_CORES:
         return {}
     return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+if __name__ == "__main__":  # `env $(python -m skillgraft.machine) CMD`: CMD's kernels wait as this machine needs
+    print(" ".join(f"{k}={v}" for k, v in kernel_environment(busy_cores()).items()))

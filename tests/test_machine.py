@@ -49,3 +49,15 @@ def test_execute_hands_the_policy_to_the_kernel_only(tmp_path, monkeypatch, busy
     out = cli.execute(nb, tmp_path / "out.ipynb", {})
     assert seen["policy"] == want and out.exists()
     assert "OMP_WAIT_POLICY" not in os.environ  # this process is left as it was
+
+
+def test_the_module_prints_the_assignments_for_env():
+    """`env $(python -m skillgraft.machine) CMD` (the Makefile's nbval): nothing when the caller chose."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "skillgraft.machine"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert out.stdout.strip() == ""
+    out = subprocess.run([sys.executable, "-m", "skillgraft.machine"], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+    assert out.stdout.strip() in ("", "OMP_WAIT_POLICY=PASSIVE")
