@@ -202,15 +202,14 @@ def execute(path: Path, output: Path, params: dict, cwd: Path | None = None) -> 
     if env:
         print(f"{path.stem}: other processes keep {busy:.1f} of {os.cpu_count()} cores busy: torch's threads "
               "wait passively (OMP_WAIT_POLICY=PASSIVE; same threads, same results)", file=sys.stderr, flush=True)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel papermill starts inherits this process's environment
-    try:
+    os.environ.update(env)  # the kernel papermill starts inherits this process's environment (env never
+    try:                    # holds a variable the caller had set: see kernel_environment)
         with atomic(output) as tmp, Watcher(path.stem):  # which fine-tune, graft or prediction runs, how far along
             pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(cwd or path.parent),
                                 kernel_name="python3", progress_bar=False)
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        for k in env:
+            os.environ.pop(k, None)
     return output
 
 
