@@ -82,10 +82,11 @@ def memory_child(args) -> None:
 
         epoch = localization._epoch
 
-        def timed_epoch(*a, **k):  # what is resident when the first step starts: model, δ, S, scratch
-            first_step.append(status_kb("VmRSS")) if not first_step else None
+        def first_step_resident(*a, **k):  # what is resident when the first step starts: model, δ, S, scratch
+            if not first_step:
+                first_step.append(status_kb("VmRSS"))
             return epoch(*a, **k)
-        localization._epoch = timed_epoch
+        localization._epoch = first_step_resident
         localize(clf, delta, splits.train, splits.dev, GraftConfig(**{**CHAPTER_GRAFT, "epochs": 2}), progress=False)
     else:
         n_batches = -(-len(splits.train) // args.batch_size)
@@ -117,8 +118,7 @@ def busy(args) -> dict:
     """(alone | beside one CPU-bound process) × (spinning | passive waiting): seconds, delta hash."""
     import os
 
-    same = {k: v for k, v in vars(args).items() if v is not None and not k.startswith(("memory_", "busy_"))}
-    cmd = [sys.executable, __file__, "--busy-child"] + [f"--{k.replace('_', '-')}={v}" for k, v in same.items()]
+    cmd = child_command(args, "--busy-child")
     out = {}
     for load in ("alone", "beside"):
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "beside" else None
@@ -136,10 +136,14 @@ def busy(args) -> dict:
     return out
 
 
-def child(args, path: Path, what: str, precision: str) -> dict:
+def child_command(args, *internal: str) -> list[str]:
+    """This script in a fresh process with ``internal`` flags and the caller's own settings."""
     same = {k: v for k, v in vars(args).items() if v is not None and not k.startswith(("memory_", "busy_"))}
-    cmd = [sys.executable, __file__, "--memory-child", str(path), "--memory-what", what,
-           "--memory-precision", precision] + [f"--{k.replace('_', '-')}={v}" for k, v in same.items()]
+    return [sys.executable, __file__, *internal] + [f"--{k.replace('_', '-')}={v}" for k, v in same.items()]
+
+
+def child(args, path: Path, what: str, precision: str) -> dict:
+    cmd = child_command(args, "--memory-child", str(path), "--memory-what", what, "--memory-precision", precision)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

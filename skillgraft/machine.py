@@ -3,10 +3,10 @@
 torch's CPU threads (OpenMP) spin while they wait for each other. On an idle machine that
 is the fastest way to wait; when another process keeps a core busy, a spinning thread
 burns the time slice its partner needs, and a step runs several times slower than the
-cores left would allow (on two cores beside one CPU-bound process, 8 bf16 fine-tuning
-steps took 22 s spinning, 11.6 s waiting passively, 6.5 s alone). So a kernel started on
-a busy machine waits passively (``OMP_WAIT_POLICY=PASSIVE``); on an idle one it spins
-(passive waiting costs ~45% there). The thread count, and so every result, is the same
+cores left would allow (``make bench``: 8 bf16 fine-tuning steps beside one CPU-bound
+process took 3.1 times as long as alone spinning, 1.5 times waiting passively). So a
+kernel started on a busy machine waits passively (``OMP_WAIT_POLICY=PASSIVE``); on an idle
+one it spins (passive waiting costs about 1.25 times there). The thread count, and so every result, is the same
 either way: only how the threads wait changes.
 """
 from __future__ import annotations
