@@ -43,8 +43,8 @@ unit: setup
 # Compute first, validate second: executing each chapter (into runs/compute, never over the book's
 # notebooks) fills the store with every fine-tune, graft and prediction, with no cell timeout; nbval
 # then re-executes the notebooks from the store in seconds a cell and compares the committed outputs.
-# (On two cores this is faster than `skillgraft sweep` on two one-thread workers, which share the memory
-# bandwidth, and whose results differ in their last bits: they depend on torch's thread count.)
+# (`skillgraft sweep` fills the same store in parallel on a machine with more cores than one run uses;
+# each step is computed with, and keyed by, the thread count a run uses here.)
 compute: setup
 	@for nb in notebooks/[0-9][0-9]_*.ipynb; do $(BIN)/skillgraft run $$nb --output-dir runs/compute || exit 1; done
 

@@ -253,7 +253,7 @@ def cmd_sweep(args) -> None:
     if unknown:
         raise UsageError(f"parameter(s) {', '.join(map(repr, unknown))} belong to none of {', '.join(c for c, _ in chapters)}")
     for flag in ("workers", "threads"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be an integer ≥ 1, got {getattr(args, flag)}")
     if args.dry_run:
         for name, params in chapters:
@@ -336,8 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a parameter for every chapter that has it, read as YAML")
     sw.add_argument("-f", "--file", action="append", help="a YAML parameter file")
     sw.add_argument("--scheduler", help="address of a running Dask scheduler (default: a LocalCluster here)")
-    sw.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
-    sw.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    sw.add_argument("--workers", type=int, help="LocalCluster worker processes (default: the cores ÷ --threads)")
+    sw.add_argument("--threads", type=int,
+                    help="torch threads each step is computed with, and keyed by (default: torch's count here, "
+                         "as `skillgraft run` computes)")
     sw.add_argument("--dry-run", action="store_true", help="check the parameters and stop")
     sw.set_defaults(func=cmd_sweep)
     book = sub.add_parser("book", help="execute the notebooks and build the book")

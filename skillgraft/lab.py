@@ -21,12 +21,12 @@ from .finetune import FinetuneConfig
 from .grafting import apply_delta, grafted
 from .localization import GROW_SPARSITY, GraftConfig
 from .masks import Mask, count_for
-from .models import graftable_parameters, load_lm, num_graftable
+from .models import graftable_parameters, load_lm, num_graftable, resolve_device
 from .prompt import PRECISIONS, Prompt, PromptClassifier
 from .recipes import Env, FineTune, Localized, Location, Prediction, RandomMask, Recipe, TopMovement
 from .store import Entry, Store, default_store
 
-__all__ = ["Lab", "Variant", "get_lab"]
+__all__ = ["Lab", "Variant", "get_lab", "cpu_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,9 @@ class Lab:
                 raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(PRECISIONS)}")
         self.model_name, self.max_length, self.test_size, self.precision = model, max_length, test_size, precision
         self.eval_precision = eval_precision  # of predictions: fp32 by default, whatever the precision of training
-        self.env = Env(model, max_length, test_size, precision)
         self.lm = load_lm(model, device=device)
+        self.threads = cpu_threads(self.lm.device)  # results are keyed by it: see :class:`Env`
+        self.env = Env(model, max_length, test_size, precision, self.threads)
         self.graftable = graftable_parameters(self.lm.model)
         self.store = store or default_store()
         self.memory: dict[str, dict] = {pool: {} for pool in MEMORY}
@@ -112,6 +113,10 @@ class Lab:
         return value
 
     def _compute(self, recipe: Recipe) -> Entry:
+        now = cpu_threads(self.lm.device)
+        if now != self.threads:  # the entry would be stored under a thread count it was not computed with
+            raise RuntimeError(f"torch has {now} threads now, this lab was made with {self.threads} and keys its "
+                               "results by them; after torch.set_num_threads, take a new lab (get_lab)")
         COMPUTED[0] += 1
         tensors, meta = recipe.compute(self)
         return self.store.save(recipe, tensors, meta)
@@ -205,10 +210,15 @@ def _splits(task: str, k: int, seed: int, test_size: int) -> tk.Splits:
 _LABS: dict[tuple, Lab] = {}
 
 
+def cpu_threads(device: str | torch.device) -> int:
+    """torch's thread count where it decides the bits of a result (on the CPU), else 0."""
+    return torch.get_num_threads() if resolve_device(device).type == "cpu" else 0
+
+
 def get_lab(model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64, test_size: int = 200,
             precision: str = "fp32") -> Lab:
-    """A shared :class:`Lab` per setting: the model loads once per process."""
-    key = (model, device, max_length, test_size, precision)
+    """A shared :class:`Lab` per setting and torch thread count: the model loads once per process."""
+    key = (model, device, max_length, test_size, precision, cpu_threads(device))
     if key not in _LABS:
         _LABS.clear()  # one model in memory at a time
         _LABS[key] = Lab(model, device, max_length, test_size, precision=precision)

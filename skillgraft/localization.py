@@ -216,11 +216,6 @@ def _scores(clf, train, dev, cfg: GraftConfig, best: float | None) -> tuple[floa
     above ``best``; then train, given up when it cannot. Float addition is monotone, so a
     bound ≤ ``best`` means the exact sum is too: the kept mask is the one full scoring keeps.
     """
-    with clf.casting():  # the grafted weights are fixed while they are scored
-        return _scores_at(clf, train, dev, cfg, best)
-
-
-def _scores_at(clf, train, dev, cfg: GraftConfig, best: float | None) -> tuple[float, float]:
     bs = cfg.eval_batch_size
     if best is None or cfg.select == "last":
         return clf.accuracy(train, batch_size=bs), clf.accuracy(dev, batch_size=bs)
@@ -296,7 +291,7 @@ def localize(clf, delta: Mapping[str, Tensor], train, dev, cfg: GraftConfig | No
         if known is not None:  # this rounded mask was scored before: its scores are known
             tr, dv = known[1:]
         else:
-            with grafted(model, delta, graft):
+            with grafted(model, delta, graft), clf.casting():  # fixed weights: each is cast once
                 tr, dv = _scores(clf, train, dev, cfg, None if best is None or cfg.score_all else best[0])
             scored.append((graft, tr, dv))
         added = graft.added(base)

@@ -72,12 +72,16 @@ def jsonable(obj: Any) -> Any:
 
 @dataclass(frozen=True)
 class Env:
-    """What of the lab changes a result: the model, prompt length, test-set size, precision."""
+    """What of the lab changes a result: the model, prompt length, test-set size, precision,
+    and, on the CPU, torch's thread count: matrix products split their sums by thread, so
+    another count gives other last bits (eight bf16 fine-tuning steps on one thread and on
+    two differ). ``threads`` is 0 on a GPU."""
 
     model: str
     max_length: int
     test_size: int
     precision: str
+    threads: int = 0
 
 
 class Recipe:

@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["Step", "CHAPTERS", "plan", "sweep", "compute_step"]
+__all__ = ["Step", "CHAPTERS", "plan", "sweep", "compute_step", "torch_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Step:
     label: str
     needs: tuple[str, ...] = ()
     lab: tuple = ()        # (name, value) pairs of the lab it runs in: model, device, max_length, ...
+    threads: int = 0       # torch threads it is computed with (its key says so: recipes.Env); 0 on a GPU
 
     @property
     def kind(self) -> str:
@@ -107,7 +108,8 @@ class _Planner:
         from .recipes import stored_inputs
         if recipe.key not in self.steps:
             needs = [r.key for r in stored_inputs(recipe) if self.lab.store.load_meta(r) is None]
-            self.steps[recipe.key] = Step(recipe, recipe.label(), tuple(dict.fromkeys(needs)), self.lab_params)
+            self.steps[recipe.key] = Step(recipe, recipe.label(), tuple(dict.fromkeys(needs)), self.lab_params,
+                                          self.lab.threads)
 
     def recording_lab(self):
         import torch
@@ -215,18 +217,34 @@ def _locked(store_root: Path, key: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def compute_step(step: Step, home: str | None = None, threads: int | None = None, *needed) -> str:
-    """Compute ``step`` into the store (a Dask task; also usable serially); returns its key.
-    ``needed`` are the results of the steps it depends on (Dask waits for them)."""
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's thread count set to ``threads`` (None or 0: left as it is), restored after."""
+    import torch
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def compute_step(step: Step, home: str | None = None, *needed) -> str:
+    """Compute ``step`` into the store (a Dask task; also usable serially) with the torch
+    thread count its key was planned for; returns its key. ``needed`` are the results of the
+    steps it depends on (Dask waits for them)."""
     if home:
         os.environ["SKILLGRAFT_HOME"] = home
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
+    with torch_threads(step.threads):
+        _compute_step(step)
+    return step.key
+
+
+def _compute_step(step: Step) -> None:
     lab = _setting(dict(step.lab)).lab()
     with _locked(lab.store.root, step.key):  # a concurrent worker on the same key: wait, then read its entry
         lab.resolve(step.recipe)
-    return step.key
 
 
 @dataclass
@@ -267,15 +285,21 @@ def _lab_params(params: dict) -> dict:
     return {k: v for k, v in params.items() if k in keep}
 
 
-def sweep(chapters: list[tuple[str, dict]], client=None, workers: int = 2, threads: int = 1,
+def sweep(chapters: list[tuple[str, dict]], client=None, workers: int | None = None, threads: int | None = None,
           home: str | None = None, stream=None, max_waves: int = 8, task: Callable = None) -> SweepReport:
     """Compute every step ``chapters`` need on Dask: ``client`` (a ``distributed.Client``), or a
-    ``LocalCluster`` of ``workers`` processes × ``threads`` torch threads. A failed step is
-    reported with its key and traceback and the rest goes on; a rerun computes only what is
-    missing. ``task`` replaces :func:`compute_step` as the function each Dask task runs."""
+    ``LocalCluster`` of ``workers`` processes (default: the cores here ÷ ``threads``). Each step
+    is computed with ``threads`` torch threads on the CPU (default: torch's count here, the
+    one ``skillgraft run`` computes with, so the chapters then read every step); the count is
+    in each step's key. A failed step is reported with its key and traceback and the rest goes
+    on; a rerun computes only what is missing. ``task`` replaces :func:`compute_step` as the
+    function each Dask task runs."""
+    import torch
     from dask.distributed import Client, LocalCluster, as_completed
 
     task = task or compute_step
+    threads = threads or torch.get_num_threads()
+    workers = workers or max(1, (os.cpu_count() or 1) // threads)
     stream = stream or sys.stderr
     report, start = SweepReport(), time.time()
     own = None
@@ -289,7 +313,8 @@ def sweep(chapters: list[tuple[str, dict]], client=None, workers: int = 2, threa
         home = home or os.environ.get("SKILLGRAFT_HOME")
         seen: set[str] = set()
         for wave in range(1, max_waves + 1):
-            steps, complete = plan(chapters)
+            with torch_threads(threads):  # the steps are planned, so keyed, for the threads they run with
+                steps, complete = plan(chapters)
             steps = [s for s in steps if s.key not in seen]
             if not steps:
                 if not complete:
@@ -303,7 +328,7 @@ def sweep(chapters: list[tuple[str, dict]], client=None, workers: int = 2, threa
             for s in _dependencies_first(steps):
                 deps = [futures[k] for k in s.needs if k in futures]
                 gpu_step = str(dict(s.lab).get("device", "cpu")).startswith("cuda")
-                fut = client.submit(task, s, home, threads, *deps, key=f"{s.kind}-{s.key[:16]}-{wave}",
+                fut = client.submit(task, s, home, *deps, key=f"{s.kind}-{s.key[:16]}-{wave}",
                                     retries=2, pure=False, resources={"GPU": 1} if gpu_step else None)
                 futures[s.key], by_future[fut.key] = fut, s
             finished = 0

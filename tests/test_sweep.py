@@ -94,13 +94,9 @@ def test_sweep_matches_a_serial_run_and_the_chapter_then_computes_nothing(tiny, 
         (serial_home / part).symlink_to(home / part)
     monkeypatch.setenv("SKILLGRAFT_HOME", str(serial_home))
     lab_module._LABS.clear()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the threads of each worker: a sweep must not depend on them either
-    try:
+    with sweep.torch_threads(1):  # the threads each step was computed with
         for name, params in chapters:
             sweep.CHAPTERS[name](params, chapter_modules.Setting.from_params(**params))
-    finally:
-        torch.set_num_threads(threads)
     serial = {k: v for k, v in entries(serial_home).items() if k[0] in ("delta", "mask", "probs")}
     assert {k: v for k, v in swept.items() if k[0] in ("delta", "mask", "probs")} == serial
 
@@ -112,10 +108,30 @@ def test_sweep_matches_a_serial_run_and_the_chapter_then_computes_nothing(tiny, 
     monkeypatch.setattr(recipes, "finetune", boom)
     monkeypatch.setattr(recipes, "localize", boom)
     monkeypatch.setattr("skillgraft.prompt.PromptClassifier.predict_proba", boom)
-    for name, params in chapters:
-        sweep.CHAPTERS[name](params, chapter_modules.Setting.from_params(**params))
-    again = sweep.sweep(chapters, workers=1, home=str(home), stream=sys.stderr)
+    with sweep.torch_threads(1):
+        for name, params in chapters:
+            sweep.CHAPTERS[name](params, chapter_modules.Setting.from_params(**params))
+    again = sweep.sweep(chapters, workers=1, threads=1, home=str(home), stream=sys.stderr)
     assert again.steps == [] and again.waves == 0
+    with sweep.torch_threads(2):  # two threads give other last bits: other keys, nothing of the sweep's is theirs
+        steps, _ = sweep.plan(chapters)
+    assert {s.kind for s in steps} >= {"delta", "probs"} and {s.threads for s in steps} == {2}
+    assert not {s.key for s in steps} & {key for _, key in swept}
+
+
+def test_a_lab_refuses_to_store_under_a_thread_count_it_no_longer_has(tiny):
+    home, model = tiny
+    params = chapter("01", model)[1]
+    with sweep.torch_threads(1):
+        lab = chapter_modules.Setting.from_params(**params).lab()
+        assert lab.env.threads == 1
+    with sweep.torch_threads(2):
+        other = chapter_modules.Setting.from_params(**params).lab()
+        assert other is not lab and other.env.threads == 2  # a new lab for the new count
+        recipe = lab.fine_tune("mr", 4, 13, recipes.FinetuneConfig(steps=1, batch_size=4))
+        with pytest.raises(RuntimeError, match="torch has 2 threads now, this lab was made with 1"):
+            lab.resolve(recipe)
+    assert not (home / "cache" / "delta").exists() or not list((home / "cache" / "delta").iterdir())
 
 
 def _race(step, home, barrier):
@@ -144,13 +160,13 @@ def test_two_workers_racing_on_one_key_leave_one_valid_entry(tiny):
 KILL_FLAG = "SKILLGRAFT_TEST_KILL_ONCE"
 
 
-def dying_step(step, home=None, threads=None, *needed):
+def dying_step(step, home=None, *needed):
     """The first attempt at a fine-tune kills its worker process mid-step; the retry computes it."""
     flag = Path(os.environ[KILL_FLAG])
     if step.kind == "delta" and not flag.exists():
         flag.write_text("killed")
         os._exit(1)
-    return sweep.compute_step(step, home, threads, *needed)
+    return sweep.compute_step(step, home, *needed)
 
 
 def test_a_killed_worker_is_retried_and_the_sweep_completes(tiny, tmp_path, monkeypatch):
