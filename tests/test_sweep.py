@@ -196,5 +196,7 @@ def test_sweep_command_checks_parameters_before_any_compute(capsys):
     assert cli.main(["sweep", "01", "-p", "sequence", "[1]"]) == 2
     assert "belong to none of 01_single_task_grafting" in capsys.readouterr().err
     assert cli.main(["sweep", "01", "--workers", "0", "--dry-run"]) == 2
+    assert cli.main(["sweep", "01", "--threads", "0", "--dry-run"]) == 2
+    assert "--threads must be an integer ≥ 1, got 0" in capsys.readouterr().err
     assert cli.main(["sweep", "01", "02", "-p", "seeds", "[13]", "--dry-run"]) == 0
     assert re.search(r"02_calibration: parameters OK: .*'seeds': \[13\]", capsys.readouterr().out)
