@@ -19,7 +19,11 @@ the report ``make bench`` prints. Reported, never asserted (these machines are n
    CPU-bound process, with torch's threads spinning (OpenMP's default) or waiting passively
    (``OMP_WAIT_POLICY=PASSIVE``, what ``skillgraft run`` picks on a busy machine), and
    whether the four deltas are bit-identical.
-7. The fidelity of bf16 against fp32 (``benchmarks/precision_fidelity.py``, about half an
+7. The design the memory target would need, measured, never the default: per-layer activation
+   recompute in localization (each layer keeps only its input for the backward and runs
+   again there; ``torch.utils.checkpoint``): its gradient part, its peak, and whether its
+   step on S is the same.
+8. The fidelity of bf16 against fp32 (``benchmarks/precision_fidelity.py``, about half an
    hour: ``make fidelity``), read from its committed output.
 
     python benchmarks/graft_speed.py [--task mr] [--repeats 3] [--threads N]
@@ -27,6 +31,7 @@ the report ``make bench`` prints. Reported, never asserted (these machines are n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -57,6 +62,25 @@ def setup(args):
     return lm, clfs, splits
 
 
+@contextlib.contextmanager
+def recomputed(model):
+    """Per-layer activation recompute: each transformer layer saves only its inputs for the
+    backward and runs its forward again there (non-reentrant ``checkpoint``, which replays
+    autocast as it was)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    n = model.config.num_hidden_layers
+    layers = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n)
+    for layer in layers:
+        layer.forward = (lambda f: lambda *a, **k: checkpoint(f, *a, use_reentrant=False, **k))(layer.forward)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # the class's own again
+
+
 def memory_child(args) -> None:
     """In a fresh process: peak RSS of ``localize`` (or of fine-tuning) with model and δ resident."""
     import torch
@@ -77,7 +101,7 @@ def memory_child(args) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = status_kb("VmRSS")
     first_step = []
-    if args.memory_what == "localize":
+    if args.memory_what.startswith("localize"):
         from skillgraft import localization
 
         epoch = localization._epoch
@@ -87,7 +111,9 @@ def memory_child(args) -> None:
                 first_step.append(status_kb("VmRSS"))
             return epoch(*a, **k)
         localization._epoch = first_step_resident
-        localize(clf, delta, splits.train, splits.dev, GraftConfig(**{**CHAPTER_GRAFT, "epochs": 2}), progress=False)
+        with recomputed(lm.model) if args.memory_what == "localize-recompute" else contextlib.nullcontext():
+            localize(clf, delta, splits.train, splits.dev, GraftConfig(**{**CHAPTER_GRAFT, "epochs": 2}),
+                     progress=False)
     else:
         n_batches = -(-len(splits.train) // args.batch_size)
         finetune(clf, splits.train, splits.dev, FinetuneConfig(steps=2 * n_batches, eval_every=n_batches,
@@ -203,7 +229,8 @@ def main() -> None:
     one_epoch = GraftConfig(**{**CHAPTER_GRAFT, "epochs": 1}, batch_size=args.batch_size, include_base=False)
     print("δ: fine-tuning at the chapters' defaults (bf16)", file=sys.stderr, flush=True)
     delta = finetune(clfs["bf16"], splits.train, splits.dev, FinetuneConfig(steps=args.ft_steps), progress=False).delta
-    t = {(k, prec): [] for k in ("ft", "grad", "score", "predict") for prec in clfs}
+    t = {(k, prec): [] for k in ("ft", "grad", "score", "predict", "grad-recompute") for prec in clfs}
+    same_step = {}  # precision -> the recomputed epoch's loss and step on S equal the plain one's, every repeat
     t["ft-sdpa", "bf16"] = []
     for r in range(args.repeats):  # interleaved: every quantity sees the same machine load
         print(f"repeat {r + 1}/{args.repeats}", file=sys.stderr, flush=True)
@@ -213,6 +240,11 @@ def main() -> None:
             h = localize(clf, delta, splits.train, splits.dev, one_epoch, progress=False).history
             t["grad", prec].append(float(h["seconds_step"].iloc[0]))
             t["score", prec].append(float(h["seconds_eval"].iloc[0]))
+            with recomputed(clf.lm.model):
+                hr = localize(clf, delta, splits.train, splits.dev, one_epoch, progress=False).history
+            t["grad-recompute", prec].append(float(hr["seconds_step"].iloc[0]))
+            signature = ["loss", "gd_abs_mean", "gd_abs_max", "step_abs_max", "count"]
+            same_step[prec] = same_step.get(prec, True) and hr[signature].equals(h[signature])
             start = time.perf_counter()
             clf.predict_proba(splits.test, batch_size=32)
             t["predict", prec].append(time.perf_counter() - start)
@@ -234,7 +266,8 @@ def main() -> None:
         path = Path(tmp) / "delta.safetensors"
         save_file({n: d.contiguous() for n, d in delta.items()}, str(path))
         print("memory: child processes", file=sys.stderr, flush=True)
-        mem = {(what, prec): child(args, path, what, prec) for what in ("localize", "finetune") for prec in clfs}
+        mem = {(what, prec): child(args, path, what, prec) for what in ("localize", "finetune", "localize-recompute")
+               for prec in clfs}
     print("busy machine: child processes", file=sys.stderr, flush=True)
     crowded = busy(args)
     med = {k: float(np.median(v)) for k, v in t.items()}
@@ -285,6 +318,17 @@ def main() -> None:
             rows.append((f"{prec}: **peak resident during {label} / model**",
                          f"**{ratio(m['peak_kb'] * 1024, size)}**", f"{ratio((m['peak_kb'] - m['runtime_kb']) * 1024, size)}"
                          " above the interpreter", "≤ 3.5" if what == "localize" else ""))
+    for prec in clfs:  # the design the memory target would need, measured
+        m = mem["localize-recompute", prec]
+        rows += [
+            (f"{prec}: with per-layer recompute (not the default): gradient part / fine-tuning pass",
+             ratio(med["grad-recompute", prec], med["ft", prec]),
+             f"{ratio(med['grad-recompute', prec], med['grad', prec])} × without; same step on S: {same_step[prec]}",
+             ""),
+            (f"{prec}: with per-layer recompute: peak resident during localization / model",
+             ratio(m["peak_kb"] * 1024, size),
+             f"{ratio((m['peak_kb'] - m['runtime_kb']) * 1024, size)} above the interpreter", "≤ 3.5"),
+        ]
     alone = crowded["alone", "spin"]["seconds"]
     for load, policy in crowded:
         rows.append((f"8 bf16 fine-tuning steps, {load} {'' if load == 'alone' else 'one CPU-bound process '}"
