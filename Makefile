@@ -16,6 +16,8 @@ TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib6
 ifneq ($(TCMALLOC),)
 export LD_PRELOAD := $(TCMALLOC)$(if $(LD_PRELOAD), $(LD_PRELOAD))
 export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD ?= 68719476736
+else
+$(info tcmalloc not found: torch runs on glibc's allocator, same results, about 1.2x slower on a 2-core CPU (Debian: apt-get install libtcmalloc-minimal4))
 endif
 
 .PHONY: setup assets book test unit compute nbval bench fidelity answers clean
