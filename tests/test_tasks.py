@@ -1,9 +1,11 @@
 """Task registry: readers, cleaning, seeded disjoint splits, hub loading from local files, errors."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from skillgraft import tasks
@@ -50,7 +52,58 @@ def corpora(tmp_path, monkeypatch):
         for j in range(12):
             body = f"Mr. Smith said story {c}-{j} is news. A second sentence follows.\n\nMore text."
             (bbc / folder / f"{j:03d}.txt").write_text(f"Headline {c} {j}\n\n{body}\n")
+    _new_families(home)
     return home
+
+
+def _new_families(home):
+    """trec, sms, subj, boolq and spamassassin corpora in their real formats."""
+    trec = home / "corpora" / "trec-questions"
+    trec.mkdir(parents=True)
+    codes = ["ABBR:exp", "ENTY:animal", "DESC:def", "HUM:ind", "LOC:city", "NUM:date"]
+    lines = [f"{codes[i % 6]} What is question {i} about {WORDS[i % 8]} ?" for i in range(72)]
+    lines += lines[:30] + ["BOGUS:x not a class ?", ""]                     # nested subsets repeat; a bad code
+    (trec / "questions.txt").write_text("\n".join(lines) + "\n")
+    sms = home / "corpora" / "sms-spam"
+    sms.mkdir(parents=True)
+    rows = [",spam,text"] + [f'{i},{int(i % 4 == 0)},"msg {i}, {WORDS[i % 8]} text"' for i in range(60)]
+    rows += ['60,0,"msg 1, fun text"', '61,1,"msg 2,  lovely text"']          # a duplicate; a conflicting one
+    (sms / "sms-spam.csv").write_text("\n".join(rows) + "\n")
+    subj = home / "corpora" / "rt-subjectivity"
+    subj.mkdir(parents=True)
+    import bz2
+    import csv
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["category", "text", "movie_name", "has_plot_and_reviews"])
+    for i in range(12):
+        plot = (f"Dr. Jones (Actor {i}) travels to city {i} with his friends. He meets a stranger there at night. "
+                f"Hi. They fight for the treasure of film {i} until the end.")
+        w.writerow(["plot", plot, f"film{i}", "True"])
+    for i in range(40):
+        w.writerow(["fresh" if i % 2 else "rotten", f"a {WORDS[i % 8]} and {WORDS[(i // 8) % 8]} film, review {i}.",
+                    f"film{i}", "True"])
+    (subj / "rotten_tomatoes.csv.bz2").write_bytes(bz2.compress(buf.getvalue().encode()))
+    boolq = home / "corpora" / "boolq"
+    boolq.mkdir(parents=True)
+    items = [{"question": f"is thing {i} {WORDS[i % 8]}", "passage": f"Thing {i} -- a passage about thing {i}.",
+              "idx": i, "label": ["False", "True"][i % 2]} for i in range(40)]
+    items += [{"question": "no label here", "passage": "unlabelled test row", "idx": 99}]
+    (boolq / "combined.jsonl").write_text("\n".join(json.dumps(r) for r in items) + "\n")
+    sa = home / "corpora" / "spam-assassin"
+    sa.mkdir(parents=True)
+    msgs = []
+    for i in range(40):
+        group = "spam-1" if i % 2 else "easy-ham-1"
+        if i % 4 == 3:  # an HTML spam
+            text = (f"From: a@b.c\nSubject: Win prize {i}\nContent-Type: text/html\n\n"
+                    f"<html><body><p>Claim your <b>prize</b> {i} now&nbsp;today</p></body></html>\n")
+        else:
+            text = (f"From x@y.z Mon Jan 1\nReturn-Path: <x@y.z>\nSubject: Re: topic {i}\n"
+                    f"Content-Type: text/plain; charset=default\n\n> quoted line\nOn Mon, Bob wrote:\n"
+                    f"Date: Tue, 20 Aug 2002\nReal body {i} about {WORDS[i % 8]}.\n-- \nsignature\n")
+        msgs.append({"group": group, "id": f"{i:05d}", "text": text})
+    (sa / "messages.jsonl").write_text("\n".join(json.dumps(m) for m in msgs) + "\n")
 
 
 def _keys(ds, fields=("text",)):
@@ -59,8 +112,9 @@ def _keys(ds, fields=("text",)):
 
 # ------------------------------------------------------------------ registry
 def test_registry_lists_offline_and_hub_tasks():
-    offline = {"mr", "cr", "nyt", "tweets", "imdb-sent", "yelp-sent", "amazon-sent", "tweets3", "bbc"}
-    hub = {"sst2", "rotten_tomatoes", "subj", "trec", "ag_news", "mnli", "snli", "qnli", "rte", "imdb",
+    offline = {"mr", "cr", "nyt", "tweets", "imdb-sent", "yelp-sent", "amazon-sent", "tweets3", "bbc", "trec", "subj",
+               "sms", "spamassassin", "boolq"}
+    hub = {"sst2", "rotten_tomatoes", "subj-hub", "trec-hub", "ag_news", "mnli", "snli", "qnli", "rte", "imdb",
            "yelp_polarity", "amazon_polarity"}
     assert set(tasks.list_tasks("offline")) == offline
     assert set(tasks.list_tasks("hub")) == hub
@@ -124,6 +178,40 @@ def test_uci_tweets3_and_bbc_readers(corpora):
     bbc, _ = load_pool("bbc")
     assert len(bbc) == 60 and sorted(set(bbc["label"])) == [0, 1, 2, 3, 4]
     assert "Headline 3 0. Mr. Smith said story 3-0 is news." in set(bbc["text"])  # 'sports' folder -> 'sport'
+
+
+def test_new_family_readers(corpora):
+    trec, _ = load_pool("trec")
+    assert len(trec) == 72 and list(np.bincount(trec["label"])) == [12] * 6      # repeats and the bad code gone
+    assert get_task("trec").class_names[trec.loc[trec["text"].str.contains("question 3 "), "label"].iloc[0]] == "human"
+    sms, _ = load_pool("sms")
+    assert len(sms) == 59 and sms["label"].sum() == 15                           # 'msg 2' conflicts: both dropped
+    assert (sms["text"] == "msg 1, fun text").sum() == 1
+    subj, _ = load_pool("subj")
+    objective = set(subj.loc[subj["label"] == 0, "text"])
+    assert "Dr. Jones (Actor 3) travels to city 3 with his friends." in objective  # 'Dr.' is not a sentence end
+    assert "They fight for the treasure of film 3 until the end." in objective
+    assert not any(t.startswith("Hi") for t in objective)                        # under SUBJ_WORDS[0] words
+    assert (subj["label"] == 1).sum() == 40 and (subj["label"] == 0).sum() == 25  # 12 + 12 + one shared sentence
+    boolq, _ = load_pool("boolq")
+    assert list(boolq.columns[:2]) == ["passage", "question"] and len(boolq) == 40
+    assert boolq.loc[boolq["question"] == "is thing 1 fun", "label"].item() == 1
+    mail, _ = load_pool("spamassassin")
+    assert len(mail) == 40 and mail["label"].sum() == 20
+    ham = mail.loc[mail["text"].str.contains("topic 0"), "text"].item()
+    assert ham == "Re: topic 0. Real body 0 about great. signature"               # headers, quotes, rules gone
+    assert "Win prize 3. Claim your prize 3 now today" in set(mail["text"])        # HTML tags and entities gone
+
+
+def test_new_family_splits_are_seeded_and_disjoint(corpora):
+    for name, fields in (("trec", ("text",)), ("boolq", ("passage", "question"))):
+        a, b = (load_splits(name, k=2, seed=s, test_size=12) for s in (5, 5))
+        assert a.train[fields[0]] == b.train[fields[0]]
+        tr, dv, te = (_keys(x, fields) for x in (a.train, a.dev, a.test))
+        assert not (tr & dv) and not (tr & te) and not (dv & te)
+        assert len(a.train) == 2 * len(get_task(name).class_names)
+    assert get_task("boolq").length(64) == tasks.BOOLQ_LENGTH and get_task("mr").length(64) == 64
+    assert get_task("boolq").length(1024) == 1024
 
 
 # ------------------------------------------------------------------ splits

@@ -141,3 +141,19 @@ def test_c4_verdict_on_a_hand_made_result():
     assert c04.verdict(res).verdict == "partly reproduced"
     one = SimpleNamespace(overlap=overlap.iloc[:1, :1], random_overlap=rnd.iloc[:1, :1], similarity=sim.iloc[:0])
     assert c04.verdict(one).verdict == "not tested"
+
+
+def test_survey_gain_needs_the_whole_interval_above_zero():
+    from skillgraft.chapters import survey
+
+    assert survey.gain_verdict(Interval(0.10, 0.02, 0.18)) == survey.GAIN
+    assert survey.gain_verdict(Interval(0.05, -0.01, 0.11)) == survey.NO_GAIN   # contains zero
+    assert survey.gain_verdict(Interval(-0.05, -0.09, -0.01)) == survey.NO_GAIN  # a loss
+    assert survey.costly(survey.COSTLY + 0.1) and not survey.costly(survey.COSTLY) and not survey.costly(float("nan"))
+
+
+def test_ood_targets_must_share_a_sources_classes():
+    assert c03.same_labels("mr", "imdb-sent") and c03.same_labels("sms", "spamassassin")
+    assert not c03.same_labels("mr", "spamassassin") and not c03.same_labels("tweets3", "mr")
+    with pytest.raises(ValueError, match=r"target\(s\) \['bbc'\] share no source's classes"):
+        c03.ood(["mr", "sms"], ["imdb-sent", "bbc"], [13], 1e-4, setting=None)  # refused before any model loads

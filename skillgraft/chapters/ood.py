@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from .. import tasks as tk
 from .. import verdicts
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, fine_tune_regime, graft_regime, three_models, pooled, scores
@@ -30,18 +31,29 @@ class OOD:
     grafts: pd.DataFrame = None  # graft_regime of their grafts
 
 
+def same_labels(source: str, target: str) -> bool:
+    """Whether ``target`` has ``source``'s classes, in the same order (then the source's prompt can score it)."""
+    return tk.get_task(source).class_names == tk.get_task(target).class_names
+
+
 def ood(sources: list[str], targets: list[str], seeds: list[int], sparsity: float, setting: Setting) -> OOD:
     """Fine-tune and graft on each source; evaluate on the source's test set and every target's.
 
-    Targets are scored with the *source's* prompt, the one the model was tuned with (all
-    sentiment sets share the class order negative, positive). One row per source ×
+    Targets are scored with the *source's* prompt, the one the model was tuned with, so each
+    source is evaluated on the targets with its classes (sentiment sets share negative,
+    positive; sms and spamassassin ham, spam). One row per source ×
     target × seed × variant, with accuracy, ECE, Brier, NLL and ``in_distribution``.
     """
+    unmatched = [t for t in targets if not any(same_labels(s, t) for s in sources)]
+    if unmatched:
+        raise ValueError(f"target(s) {unmatched} share no source's classes: a target is scored with a source's "
+                         f"prompt, so its classes must be the source's; sources {sources} have "
+                         f"{sorted({tk.get_task(s).class_names for s in sources})}")
     lab = setting.lab()
     rows, kept, dspecs, gspecs = [], {}, [], []
     for source, seed in itertools.product(sources, seeds):
         variants = three_models(lab, setting, source, seed, sparsity, dspecs, gspecs)
-        for target in [source] + [t for t in targets if t != source]:
+        for target in [source] + [t for t in targets if t != source and same_labels(source, t)]:
             for v in variants:
                 probs, labels = lab.predict(target, v, prompt_task=source)
                 kept[source, target, seed, v.name] = (probs, labels)
