@@ -92,9 +92,24 @@ def _check_values(params: dict) -> None:
     known = set(tasks.list_tasks())
     for name, value in params.items():
         if name in TASK_PARAMETERS:
+            if isinstance(value, (list, tuple)):
+                if not value:
+                    raise UsageError(f"parameter {name!r} is empty; give at least one task, e.g. {name} = ['mr'] "
+                                     f"(accepted: {', '.join(sorted(known))})")
+                repeated = sorted({t for t in value if isinstance(t, str) and value.count(t) > 1})
+                if repeated:
+                    raise UsageError(f"parameter {name!r} names {', '.join(map(repr, repeated))} more than once; "
+                                     "give each task once")
             for task in value if isinstance(value, (list, tuple)) else [value]:
                 if task not in known:
                     raise UsageError(f"parameter {name!r}: unknown task {task!r}; accepted: {', '.join(sorted(known))}")
+        if name == "targets" and isinstance(params.get("sources"), (list, tuple)) and isinstance(value, (list, tuple)):
+            from .chapters.ood import same_labels
+            unmatched = [t for t in value if t in known and not any(s in known and same_labels(s, t)
+                                                                     for s in params["sources"])]
+            if unmatched:
+                raise UsageError(f"parameter 'targets': target(s) {unmatched} share no source's classes; a target is "
+                                 f"scored with its source's prompt, so it needs the classes of one of {params['sources']}")
         if name == "model":
             from .models import check_model
             try:
@@ -119,6 +134,9 @@ def _check_values(params: dict) -> None:
     seeds = params.get("seeds")
     if seeds is not None and (not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
         raise UsageError(f"parameter 'seeds' must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise UsageError(f"parameter 'seeds' repeats a seed ({seeds!r}): each data seed counts once in every interval; "
+                         "give distinct seeds")
     for name in ("sparsities", "claim_sparsity"):
         values = params.get(name)
         for value in values if isinstance(values, (list, tuple)) else [] if values is None else [values]:

@@ -74,6 +74,9 @@ def test_cli_exits_non_zero_and_writes_nothing(notebook_dir, monkeypatch, capsys
     ([["precision", "fp16"]], "unknown precision 'fp16'; accepted: fp32, bf16"),
     ([["graft_start", "sideways"]], "start must be one of ('refine', 'grow')"),
     ([["device", "gpu"]], "unknown device 'gpu'; accepted: 'cpu'"),
+    ([["tasks", "[]"]], "parameter 'tasks' is empty; give at least one task"),
+    ([["tasks", '["mr", "cr", "mr"]']], "parameter 'tasks' names 'mr' more than once"),
+    ([["seeds", "[13, 13]"]], "parameter 'seeds' repeats a seed ([13, 13])"),
 ])
 def test_bad_values_are_refused_before_any_compute(pairs, message, capsys):
     argv = ["run", "01_single_task_grafting", "--dry-run"] + [a for p in pairs for a in ["-p", *p]]
@@ -102,3 +105,17 @@ def test_missing_parameter_file_and_bad_values_are_usage_errors(tmp_path):
 def test_compare_seeds_must_be_a_count(capsys):
     assert cli.main(["run", "01_single_task_grafting", "--dry-run", "-p", "compare_seeds", "-1"]) == 2
     assert "compare_seeds" in capsys.readouterr().err
+
+
+def test_an_unknown_name_in_a_parameter_file_exits_2_before_any_compute(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("tasks: [mr]\nft_stepz: 3\n")
+    assert cli.main(["run", "01_single_task_grafting", "--dry-run", "-f", str(config)]) == 2
+    assert "unknown parameter 'ft_stepz' for 01_single_task_grafting" in capsys.readouterr().err
+
+
+def test_an_ood_target_of_other_classes_is_named_in_the_dry_run(capsys):
+    argv = ["run", "03_ood", "--dry-run", "-p", "sources", '["mr", "sms"]', "-p", "targets", '["spamassassin", "imdb-sent"]']
+    assert cli.main(argv) == 0
+    assert cli.main(["run", "03_ood", "--dry-run", "-p", "sources", '["mr"]', "-p", "targets", '["bbc"]']) == 2
+    assert "target(s) ['bbc'] share no source's classes" in capsys.readouterr().err
