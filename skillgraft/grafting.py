@@ -45,6 +45,14 @@ _INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64,  # same-wid
              torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
+def cosine(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
+    """Cosine similarity of two deltas over all their entries (in float64)."""
+    dot = sum(float((a[n].double() * b[n].double()).sum()) for n in a)
+    na = sum(float(a[n].double().pow(2).sum()) for n in a) ** 0.5
+    nb = sum(float(b[n].double().pow(2).sum()) for n in b) ** 0.5
+    return dot / (na * nb)
+
+
 def _add_exact(p: Tensor, x: Tensor, scratch: tuple[Tensor, Tensor] | None = None) -> tuple | None:
     """p += x in place; return the undo log: None if p − x gives p back bit-exactly (the common case),
     else (positions, old values), or (None, copy of p) where over a third would be lost (x as large as p).

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .lab import Lab
 
 __all__ = ["Env", "Recipe", "FineTune", "Difference", "Stitch", "Localized", "TopMovement", "RandomMask",
-           "Prediction", "Location", "code_hash", "jsonable", "stored_inputs"]
+           "Similarity", "Prediction", "Location", "code_hash", "jsonable", "stored_inputs"]
 
 DATA = ("assets", "tasks", "models", "prompt")  # the modules every computed artifact reads its inputs through
 MODES = ("single", "multitask", "sequential")
@@ -268,29 +268,62 @@ class Localized(Recipe):
         return Mask.from_positions(entry.tensors, lab.graftable, meta=entry.meta)
 
 
+class _StoredMask(Recipe):
+    """A mask stored as its positions (a few bytes per entry), so that what is made of it can be
+    read without the model-sized δ it was computed from."""
+
+    kind: ClassVar[str] = "mask"
+    code: ClassVar[tuple[str, ...]] = ("masks",)
+    pool: ClassVar[str] = "mask"
+
+    def mask(self, lab: "Lab") -> Mask:
+        raise NotImplementedError
+
+    def compute(self, lab: "Lab"):
+        mask = self.mask(lab)
+        return mask.positions(), dict(mask.meta)
+
+    def value(self, entry, lab: "Lab") -> Mask:
+        return Mask.from_positions(entry.tensors, lab.graftable, meta=entry.meta)
+
+
 @dataclass(frozen=True)
-class TopMovement(Recipe):
+class TopMovement(_StoredMask):
     """The round(sparsity·N) entries of largest |δ| (the base patch, and a baseline)."""
 
-    pool: ClassVar[str] = "mask"
     delta: Recipe
     sparsity: float
 
-    def compute(self, lab: "Lab") -> Mask:
+    def mask(self, lab: "Lab") -> Mask:
         return top_movement(lab.delta(self.delta), self.sparsity)
 
 
 @dataclass(frozen=True)
-class RandomMask(Recipe):
+class RandomMask(_StoredMask):
     """round(sparsity·N) entries drawn uniformly at random with ``seed`` (a baseline)."""
 
-    pool: ClassVar[str] = "mask"
     delta: Recipe
     sparsity: float
     seed: int = 0
 
-    def compute(self, lab: "Lab") -> Mask:
+    def mask(self, lab: "Lab") -> Mask:
         return random_mask(lab.delta(self.delta), self.sparsity, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class Similarity(Recipe):
+    """Cosine similarity of two deltas (chapter 04's task similarity): one number, stored as JSON."""
+
+    kind: ClassVar[str] = "similarity"
+    code: ClassVar[tuple[str, ...]] = ("grafting",)
+    a: Recipe
+    b: Recipe
+
+    def compute(self, lab: "Lab"):
+        return {}, {"cosine": gf.cosine(lab.delta(self.a), lab.delta(self.b))}
+
+    def value(self, entry, lab: "Lab") -> float:
+        return float(entry.meta["cosine"])
 
 
 @dataclass(frozen=True)

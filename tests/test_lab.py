@@ -9,7 +9,7 @@ from skillgraft import chapters as ex
 from skillgraft import lab as lab_module
 from skillgraft.finetune import FinetuneConfig
 from skillgraft.localization import GraftConfig
-from skillgraft import recipes
+from skillgraft import grafting, masks, recipes
 from skillgraft.recipes import TopMovement
 from test_tasks import corpora  # noqa: F401  (fixture: small corpora under a fresh SKILLGRAFT_HOME)
 
@@ -65,6 +65,23 @@ def test_masks_are_stored_as_positions(setting):
     lab_module._LABS.clear()
     fresh = setting.lab().mask(mspec)                         # read back from the store by a new Lab
     assert fresh.equal(mask) and fresh.count == lab.mask_count(mspec)
+
+
+def test_baseline_masks_and_similarities_are_read_back_without_the_delta(setting, monkeypatch):
+    lab = setting.lab()
+    dspec = lab.fine_tune("mr", setting.k, 13, setting.finetune)
+    other = lab.fine_tune("mr", setting.k, 21, setting.finetune)
+    top, rnd = recipes.TopMovement(dspec, 0.05), recipes.RandomMask(dspec, 0.05, seed=3)
+    computed = {"top": lab.mask(top), "random": lab.mask(rnd)}
+    cos = lab.resolve(recipes.Similarity(dspec, other))
+    assert computed["top"].equal(masks.top_movement(lab.delta(dspec), 0.05))
+    assert cos == pytest.approx(float(grafting.cosine(lab.delta(dspec), lab.delta(other))), abs=0)
+    lab_module._LABS.clear()
+    fresh = setting.lab()
+    monkeypatch.setattr(fresh, "delta", lambda r: (_ for _ in ()).throw(AssertionError("read a delta")))
+    assert fresh.mask(top).equal(computed["top"]) and fresh.mask(rnd).equal(computed["random"])
+    assert fresh.mask(top).meta["method"] == "top_movement"
+    assert fresh.resolve(recipes.Similarity(dspec, other)) == cos  # the same float, from JSON
 
 
 def _graftable(setting) -> int:

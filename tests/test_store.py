@@ -17,7 +17,7 @@ import skillgraft
 from skillgraft import recipes
 from skillgraft.finetune import FinetuneConfig
 from skillgraft.localization import GraftConfig
-from skillgraft.recipes import Env, FineTune, Localized, Prediction, Recipe, TopMovement
+from skillgraft.recipes import Difference, Env, FineTune, Localized, Prediction, Recipe, TopMovement
 from skillgraft.store import Store
 
 ENV = Env("tiny", 64, 20, "fp32")
@@ -105,8 +105,10 @@ def test_meta_records_recipe_code_and_inputs(tmp_path):
 
 
 def test_in_memory_recipes_are_never_stored(tmp_path):
-    with pytest.raises(ValueError, match="TopMovement is computed in memory and never stored"):
-        Store(tmp_path).path(TopMovement(fine_tune(), 1e-4))
+    with pytest.raises(ValueError, match="Difference is computed in memory and never stored"):
+        Store(tmp_path).path(Difference(fine_tune(), fine_tune(seed=21)))
+    top = TopMovement(fine_tune(), 1e-4)  # baseline masks are stored as positions, beside grafts
+    assert Store(tmp_path).path(top) == tmp_path / "mask" / top.key
 
 
 def test_key_covers_the_code_that_computes_an_artifact(tmp_path):

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .. import metrics as mt
 from ..lab import Variant
+from ..recipes import Similarity
 from ..verdicts import Verdict
 from .common import Setting, caveats, fine_tune_regime, graft_regime
 
@@ -43,13 +44,6 @@ class MultiTask:
     alt_overlap: pd.DataFrame | None = None  # asymmetric overlap of the regions localized from that base
     regime: pd.DataFrame | None = None       # fine_tune_regime: the multi-task model and the single-task ones
     grafts: pd.DataFrame | None = None       # graft_regime of the regions
-
-
-def _cosine(a: dict, b: dict) -> float:
-    dot = sum(float((a[n].double() * b[n].double()).sum()) for n in a)
-    na = sum(float(a[n].double().pow(2).sum()) for n in a) ** 0.5
-    nb = sum(float(b[n].double().pow(2).sum()) for n in b) ** 0.5
-    return dot / (na * nb)
 
 
 def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
@@ -88,7 +82,7 @@ def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
     for a, b in itertools.combinations(tasks, 2):
         fa, fb = get_task(a).family, get_task(b).family
         sim_rows.append(dict(pair=f"{a}–{b}", kind="–".join(sorted((fa, fb))),
-                             similarity=_cosine(lab.delta(single[a]), lab.delta(single[b])),
+                             similarity=lab.resolve(Similarity(single[a], single[b])),
                              overlap=(overlap.loc[a, b] + overlap.loc[b, a]) / 2, jaccard=jac.loc[a, b]))
     out = MultiTask(masks, overlap, jac, rnd, cross.astype(float), pd.DataFrame(acc_rows), pd.DataFrame(sim_rows))
     out.regime = fine_tune_regime(lab, [(dict(model="multi-task", task=", ".join(tasks)), mt_spec)]
