@@ -1,6 +1,7 @@
 # Two commands set up everything on a fresh machine:
 #   make book   executes the notebooks on the embedded model and builds the book (_build/html)
-#   make test   unit tests, the chapters computed into the store, nbval over the notebooks, a book build
+#   make test   unit tests, the staleness guard, a spot check, nbval over the notebooks, a book build
+# Both read the published results (results/) where the local store has nothing: minutes, not hours.
 # Each target installs what it needs first and is quick when nothing changed.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,7 +21,7 @@ else
 $(info tcmalloc not found: torch runs on glibc's allocator, same results, about 1.2x slower on a 2-core CPU (Debian: apt-get install libtcmalloc-minimal4))
 endif
 
-.PHONY: setup assets book test unit compute nbval bench fidelity answers survey clean
+.PHONY: setup assets book test unit guard spotcheck compute nbval publish reproduce bench fidelity answers survey clean
 
 setup: $(STAMP) assets
 
@@ -42,19 +43,40 @@ book: setup
 unit: setup
 	$(BIN)/pytest tests
 
-# Compute first, validate second: executing each chapter (into runs/compute, never over the book's
-# notebooks) fills the store with every fine-tune, graft and prediction, with no cell timeout; nbval
-# then re-executes the notebooks from the store in seconds a cell and compares the committed outputs.
-# (`skillgraft sweep` fills the same store in parallel on a machine with more cores than one run uses;
-# each step is computed with, and keyed by, the thread count a run uses here.)
+# The staleness guard (seconds, no model): every page's parameters and every published entry match this code.
+guard: setup
+	$(BIN)/skillgraft publish --check
+
+# One chain of chapter 01's grid (a fine-tune, its graft, their predictions) recomputed from nothing and
+# compared with the published entries: bit for bit on this machine kind (about 3 minutes).
+spotcheck: guard
+	$(BIN)/skillgraft spotcheck
+
+# Each chapter executed into runs/compute (never over the book's notebooks), computing what neither the local
+# store nor the published results hold. (`skillgraft sweep` fills the same store in parallel on a machine with
+# more cores than one run uses; each step is computed with, and keyed by, the thread count a run uses here.)
 compute: setup
 	@for nb in notebooks/[0-9][0-9]_*.ipynb; do $(BIN)/skillgraft run $$nb --output-dir runs/compute || exit 1; done
 
+# nbval re-executes the notebooks and compares every table and printed result with the committed outputs; it
+# may only read (SKILLGRAFT_COMPUTE=never): a step that is not published fails at once, naming `make publish`.
 # On a busy machine the kernels' torch threads wait passively (skillgraft/machine.py), as under `skillgraft run`.
-nbval: compute
-	env $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
+nbval: guard
+	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
 
-test: unit nbval
+# Everything the book's pages resolve, computed where missing and published into results/ (then commit it).
+publish: setup
+	$(BIN)/skillgraft publish
+
+# Everything from nothing: the published results off, an empty store of its own, every chapter computed,
+# then nbval against the same committed notebooks.
+reproduce: setup
+	rm -rf "$(SKILLGRAFT_HOME)/reproduce"
+	@export SKILLGRAFT_RESULTS=off SKILLGRAFT_STORE="$(SKILLGRAFT_HOME)/reproduce"; \
+	for nb in notebooks/[0-9][0-9]_*.ipynb; do $(BIN)/skillgraft run $$nb --output-dir runs/reproduce || exit 1; done; \
+	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
+
+test: unit guard spotcheck nbval
 	$(BIN)/skillgraft book --no-execute
 
 # Speed and memory ratios in one run (about 10 minutes; run it with nothing else on the machine).

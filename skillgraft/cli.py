@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -249,11 +250,69 @@ def cmd_run(args) -> None:
     params = check_parameters(path, _parse_params(args.param or [], args.file or []))
     if args.dry_run:
         print(f"{path.stem}: parameters OK: {params}")
+        if args.plan:
+            print(dry_run_plan(path, params))
         return
     output = Path(args.output) if args.output else Path(args.output_dir) / path.name
     if output.resolve() == path.resolve():
         raise UsageError("refusing to overwrite the book's notebook; choose another --output")
     print(execute(path, output, params, cwd=path.parent))
+
+
+def dry_run_plan(path: Path, params: dict) -> str:
+    """Per stored step a chapter resolves with ``params``: where it comes from (the local store,
+    the published results, or computed), and an estimate of the compute from measured step costs."""
+    from . import sweep
+    from .chapters.common import Setting
+    from .recipes import FineTune
+
+    full = {**notebook_parameters(path), **params}
+    ledger: dict = {}
+    sweep.plan([(path.stem, full)], ledger)  # a first wave: steps after a computed one are planned when it exists
+    lab = Setting.from_params(**full).lab()
+    costs = _measured_costs(lab, ledger)
+    lines, counts, seconds = [], {}, 0.0
+    for name, recipe in ledger.items():
+        origin = lab.origin(recipe)
+        counts[origin] = counts.get(origin, 0) + 1
+        estimate = ""
+        if origin == "compute":
+            cost = costs.get(type(recipe).__name__)
+            if isinstance(recipe, FineTune) and cost is not None:
+                cost = cost * recipe.finetune.steps
+            if cost is not None:
+                seconds += cost
+                estimate = f"  ~{cost / 60:.1f} min"
+        lines.append(f"  {origin:22s} {recipe.label()}{estimate}")
+    summary = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+    est = f"; about {seconds / 60:.0f} min of fine-tuning steps and localizations to compute, at the measured costs" \
+        if seconds else ""
+    return "\n".join([f"{path.stem}: {len(ledger)} stored steps ({summary}){est}:", *lines,
+                      "  (steps that depend on a step still to compute are found once it exists)"])
+
+
+def _measured_costs(lab, ledger: dict) -> dict[str, float]:
+    """Median seconds of a fine-tuning step, a localization and a prediction, from the histories
+    of the steps already stored or published."""
+    import numpy as np
+
+    from .recipes import FineTune, Localized
+
+    per_step, grafts = [], []
+    for recipe in ledger.values():
+        if lab.origin(recipe) == "compute" or not isinstance(recipe, (FineTune, Localized)):
+            continue
+        history = lab.meta(recipe).get("history", [])
+        if isinstance(recipe, FineTune):
+            per_step += [r["seconds"] for r in history if isinstance(r.get("seconds"), (int, float))]
+        else:
+            grafts.append(sum(r.get("seconds_step", 0) or 0 for r in history if isinstance(r.get("seconds_step"), float)))
+    out = {}
+    if per_step:
+        out["FineTune"] = float(np.median(per_step))  # per optimizer step; dev and fit checks come on top
+    if grafts:
+        out["Localized"] = float(np.median(grafts))
+    return out
 
 
 def cmd_sweep(args) -> None:
@@ -333,6 +392,46 @@ def cmd_cache(args) -> None:
                  if stale else ""))
 
 
+def _results_root(args) -> Path:
+    from .published import default_root
+
+    root = Path(args.root) if args.root else default_root()
+    if root is None:
+        raise UsageError("the published layer is off (SKILLGRAFT_RESULTS=off); give --root PATH")
+    return root
+
+
+def cmd_publish(args) -> None:
+    from . import publishing
+
+    root = _results_root(args)
+    if args.check:
+        start = time.perf_counter()
+        problems = publishing.check(root)
+        if problems:
+            raise SystemExit("staleness guard: the published results do not cover the book as it is now:\n"
+                             + "\n".join(f"  - {p}" for p in problems)
+                             + "\n`make publish` computes what is missing (reading the local store) and publishes it")
+        print(f"staleness guard: every page's results are published and current in {root} "
+              f"({time.perf_counter() - start:.1f} s)")
+        return
+    publishing.publish(root)
+
+
+def cmd_spotcheck(args) -> None:
+    from . import publishing
+
+    root = _results_root(args)
+    if args.chain is not None and args.chain < 1:
+        raise UsageError(f"--chain must be an integer ≥ 1, got {args.chain}")
+    start = time.perf_counter()
+    differences = publishing.spot_check(root, None if args.chain is None else args.chain - 1)
+    if differences:
+        raise SystemExit("spot check FAILED: the recomputed chain differs from the published results:\n"
+                         + "\n".join(f"  - {d}" for d in differences))
+    print(f"spot check passed in {time.perf_counter() - start:.0f} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skillgraft", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -347,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", default="runs")
     run.add_argument("--output", help="output notebook path (default: OUTPUT_DIR/NAME.ipynb)")
     run.add_argument("--dry-run", action="store_true", help="check the parameters and stop")
+    run.add_argument("--plan", action="store_true",
+                     help="with --dry-run: list each stored step, whether it is in the local store, published, or to "
+                          "be computed, and estimate the time (loads the model)")
     run.set_defaults(func=cmd_run)
     sw = sub.add_parser("sweep", help="compute the chapters' fine-tunes, grafts and predictions on a Dask cluster")
     sw.add_argument("chapters", nargs="+", help="e.g. 01 02, or 01_single_task_grafting")
@@ -363,6 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     book = sub.add_parser("book", help="execute the notebooks and build the book")
     book.add_argument("--no-execute", action="store_true", help="build from the committed outputs")
     book.set_defaults(func=cmd_book)
+    pb = sub.add_parser("publish", help="publish what the book's pages resolve into results/ (computing what is missing)")
+    pb.add_argument("--check", action="store_true",
+                    help="the staleness guard: are the book's results published and current? (seconds, no compute)")
+    pb.add_argument("--root", help="the published layer (default: results/ of this checkout, or $SKILLGRAFT_RESULTS)")
+    pb.set_defaults(func=cmd_publish)
+    sc = sub.add_parser("spotcheck", help="recompute one chain of chapter 01 from nothing and compare it with results/")
+    sc.add_argument("--chain", type=int, help="which (task, seed) of chapter 01's grid, from 1 (default: the day's)")
+    sc.add_argument("--root", help="the published layer (default: results/ of this checkout, or $SKILLGRAFT_RESULTS)")
+    sc.set_defaults(func=cmd_spotcheck)
     cache = sub.add_parser("cache", help="show the artifact cache size, or clear it")
     cache.add_argument("--clear", action="store_true", help="remove every entry")
     cache.add_argument("--prune", action="store_true", help="remove stale entries (made by other code) and killed writes")

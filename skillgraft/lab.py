@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from .localization import GROW_SPARSITY, GraftConfig
 from .masks import Mask, count_for
 from .models import graftable_parameters, load_lm, num_graftable, resolve_device
 from .prompt import PRECISIONS, Prompt, PromptClassifier
+from .published import MANIFEST, Published, default_root
 from .recipes import Env, FineTune, Localized, Location, Prediction, RandomMask, Recipe, TopMovement
 from .store import Entry, Store, default_store
 
@@ -49,7 +52,7 @@ class Lab:
 
     def __init__(self, model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64,
                  test_size: int = 200, store: Store | None = None, precision: str = "fp32",
-                 eval_precision: str = "fp32"):
+                 eval_precision: str = "fp32", published: Published | str | Path | None = "default"):
         for name, value in (("precision", precision), ("eval_precision", eval_precision)):
             if value not in PRECISIONS:
                 raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(PRECISIONS)}")
@@ -60,6 +63,11 @@ class Lab:
         self.env = Env(model, max_length, test_size, precision, self.threads)
         self.graftable = graftable_parameters(self.lm.model)
         self.store = store or default_store()
+        if published == "default":
+            root = default_root()
+            published = Published(root) if root is not None and (root / MANIFEST).is_file() else None
+        self.published = Published(published) if isinstance(published, (str, Path)) else published
+        self.ledger: dict[str, Recipe] | None = None  # when a dict: every stored recipe resolved, by kind/key
         self.memory: dict[str, dict] = {pool: {} for pool in MEMORY}
         self._classifiers: dict[tuple, PromptClassifier] = {}
 
@@ -105,20 +113,43 @@ class Lab:
     # ---------------------------------------------------------------- resolving
     def resolve(self, recipe: Recipe):
         """The value of ``recipe``: from memory, the store, or computed (and stored)."""
+        if recipe.kind is not None:
+            self._note(recipe)
         memo = self.memory.get(recipe.pool)
         if memo is not None and recipe.key in memo:
             return memo[recipe.key]
         if recipe.kind is None:
             value = recipe.compute(self)
         else:
-            value = recipe.value(self.store.load(recipe) or self._compute(recipe), self)
+            value = recipe.value(self.store.load(recipe) or self._from_published(recipe) or self._compute(recipe),
+                                 self)
         if memo is not None:
             memo[recipe.key] = value
             while len(memo) > MEMORY[recipe.pool]:
                 memo.pop(next(iter(memo)))
         return value
 
+    def _note(self, recipe: Recipe) -> None:
+        if self.ledger is not None:
+            self.ledger[f"{recipe.kind}/{recipe.key}"] = recipe
+
+    def _from_published(self, recipe: Recipe) -> Entry | None:
+        return self.published.load(recipe, self.threads) if self.published is not None else None
+
+    def origin(self, recipe: Recipe) -> str:
+        """Where ``recipe`` would be read from now: "store", "published" or "compute"."""
+        if self.store.load_meta(recipe) is not None:
+            return "store"
+        if self.published is not None and self.published.body(self.published.name(recipe, self.threads)) is not None:
+            complete = self.published.body(self.published.name(recipe, self.threads))["record"].get("complete", True)
+            return "published" if complete else "published (metadata)"
+        return "compute"
+
     def _compute(self, recipe: Recipe) -> Entry:
+        if os.environ.get("SKILLGRAFT_COMPUTE", "").lower() == "never":
+            raise RuntimeError(f"{recipe.label()} ({recipe.kind}/{recipe.key[:12]}) is neither in the local store nor "
+                               "published, and computing is off (SKILLGRAFT_COMPUTE=never): `make publish` computes "
+                               "what the chapters need and publishes it")
         now = cpu_threads(self.lm.device)
         if now != self.threads:  # the entry would be stored under a thread count it was not computed with
             raise RuntimeError(f"torch has {now} threads now, this lab was made with {self.threads} and keys its "
@@ -135,7 +166,10 @@ class Lab:
 
     def meta(self, recipe: Recipe) -> dict:
         """The stored metadata of ``recipe`` (a fine-tune's history, a graft's), computing it if needed."""
+        self._note(recipe)
         meta = self.store.load_meta(recipe)
+        if meta is None and self.published is not None:
+            meta = self.published.load_meta(recipe, self.threads)
         if meta is None:
             self.resolve(recipe)
             meta = self.store.load_meta(recipe)

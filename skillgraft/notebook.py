@@ -37,6 +37,7 @@ def setup(namespace: Mapping[str, object]) -> Setting:
     pd.set_option("styler.format.na_rep", "—")
     _missing_as_dash()
     _spaced_headers()
+    _text_tables()
     matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "skillgraft"})
     try:
         from matplotlib_inline.backend_inline import set_matplotlib_formats
@@ -89,6 +90,22 @@ def _spaced_headers() -> None:
     to_html._skillgraft = True
     to_html.__doc__ = original.__doc__
     Styler.to_html = to_html
+
+
+def _text_tables() -> None:
+    """A styled table's plain-text form is the table as rendered (its formatted values, its
+    hidden index hidden), not an object's address: nbval compares what the book shows."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from pandas.io.formats.style import Styler
+
+    shell.display_formatter.formatters["text/plain"].for_type(Styler, lambda obj, p, cycle: p.text(
+        obj.to_string(delimiter=" | ")))
 
 
 def elapsed() -> float:

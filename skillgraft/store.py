@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,5 +187,5 @@ def _current_code(modules: list[str]) -> str | None:
 
 
 def default_store() -> Store:
-    """The store under the current cache root (``$SKILLGRAFT_HOME/cache``)."""
-    return Store()
+    """The store under the current cache root (``$SKILLGRAFT_HOME/cache``), or ``$SKILLGRAFT_STORE``."""
+    return Store(os.environ.get("SKILLGRAFT_STORE") or None)

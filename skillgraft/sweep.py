@@ -74,11 +74,13 @@ class _Missing(Exception):
 class _PlanningStore:
     """The real store, read-only: writes go to memory, a missing prediction raises :class:`_Missing`."""
 
-    def __init__(self, store):
-        self.real, self.root, self.memory = store, store.root, {}
+    def __init__(self, store, published=None):
+        self.real, self.root, self.memory, self.published = store, store.root, {}, published
 
     def load(self, recipe):
         entry = self.memory.get(recipe.key) or self.real.load(recipe)
+        if entry is None and recipe.kind == "probs" and self.published is not None:
+            entry = self.published(recipe)  # published predictions are read, not computed
         if entry is None and recipe.kind == "probs":
             raise _Missing(recipe)
         return entry
@@ -118,7 +120,7 @@ class _Planner:
 
         lab, planner = copy.copy(self.lab), self
         lab.memory = {pool: {} for pool in self.lab.memory}
-        lab.store = _PlanningStore(self.lab.store)
+        lab.store = _PlanningStore(self.lab.store, self.lab._from_published)
         zeros = {n: torch.zeros_like(p, requires_grad=False) for n, p in lab.graftable.items()}
         first = next(iter(lab.graftable))
         real_resolve = lab.resolve
@@ -181,10 +183,10 @@ def _setting(params: dict):
     return Setting.from_params(**params)
 
 
-def plan(chapters: list[tuple[str, dict]]) -> tuple[list[Step], bool]:
+def plan(chapters: list[tuple[str, dict]], ledger: dict | None = None) -> tuple[list[Step], bool]:
     """The steps that ``chapters`` ([(chapter name, full parameters)]) still need, in order,
     and whether the planning pass ran through (False: it stopped on a stand-in; plan again
-    after computing these)."""
+    after computing these). ``ledger``, if given, receives every stored recipe the chapters resolve."""
     planner, complete = None, True
     for name, params in chapters:
         setting = _setting(params)
@@ -192,6 +194,7 @@ def plan(chapters: list[tuple[str, dict]]) -> tuple[list[Step], bool]:
         planner = planner or _Planner(real)
         planner.lab, planner.stand_in, planner.lab_params = real, False, tuple(sorted(_lab_params(params).items()))
         lab = planner.recording_lab()
+        lab.ledger = ledger
         with _lab_for_experiments(lab), np.errstate(all="ignore"), _quiet("skillgraft"):
             try:
                 CHAPTERS[name](params, setting)

@@ -1,0 +1,278 @@
+"""Publishing the book's evidence, guarding it, and proving it comes from this code.
+
+- :func:`publish` runs every book page's experiment (``run(params, setting)`` with the page's
+  default parameters, as its notebook calls it) with a lab that notes each stored recipe it
+  resolves, computing what is missing, then writes those entries into the published layer
+  (:mod:`skillgraft.published`). Idempotent: unchanged entries keep their files.
+- :func:`check` is the staleness guard, in seconds and without a model: every page's
+  parameters are the ones published, every entry's file passes its checksum, and every entry
+  was made by this code. It names what is missing and the command that computes it.
+- :func:`spot_check` recomputes one chain of chapter 01's grid (a fine-tune, its graft, their
+  test predictions) from nothing — an empty store, the published layer off — and compares it
+  with the published entries: bit for bit on the machine and thread count they were published
+  with; elsewhere within :data:`TOLERANCE`. The chain rotates with the date.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Callable, TextIO
+
+import numpy as np
+
+from . import published as pub
+from .published import Published
+
+__all__ = ["PAGES", "TOLERANCE", "pages", "resolve_pages", "publish", "check", "spot_check"]
+
+# A recomputation on another CPU or thread count differs in the last bits of every matrix product, which 80
+# SGD steps amplify; it checks that this code computes the same thing, not the same bits: each prediction's
+# class probabilities within 0.05 on average, accuracy within 2 points, the graft's size within 10%.
+TOLERANCE = {"mean_abs_prob": 0.05, "accuracy": 0.02, "mask_size": 0.10}
+
+
+def _page_runs() -> dict[str, Callable]:
+    from .chapters import CHAPTERS, survey
+    return {**{name: module.run for name, module in CHAPTERS.items()}, "survey": survey.run}
+
+
+PAGES = ("01_single_task_grafting", "02_calibration", "03_ood", "04_multitask", "05_continual_learning", "survey")
+
+
+def pages(root: Path | None = None) -> dict[str, tuple[Path, dict]]:
+    """Each book page with an experiment: its notebook and default parameters."""
+    from .cli import notebook_parameters, repo_root
+
+    root = root or repo_root()
+    paths = {name: root / "notebooks" / f"{name}.ipynb" for name in PAGES if name != "survey"}
+    paths["survey"] = root / "book" / "survey.ipynb"
+    return {name: (path, notebook_parameters(path)) for name, path in paths.items()}
+
+
+def _jsonable(params: dict) -> dict:
+    return json.loads(json.dumps(params, default=str))
+
+
+def resolve_pages(which: dict[str, tuple[Path, dict]], stream: TextIO | None = None) -> tuple[dict, int]:
+    """Run each page's experiment; returns (``kind/key`` -> recipe of every stored recipe resolved,
+    the labs' torch thread count)."""
+    from .chapters.common import Setting
+
+    runs, ledger, threads = _page_runs(), {}, None
+    for name, (_, params) in which.items():
+        setting = Setting.from_params(**params)
+        lab = setting.lab()
+        if threads is not None and lab.threads != threads:
+            raise RuntimeError(f"{name} resolves with {lab.threads} torch threads, the others with {threads}")
+        threads, lab.ledger = lab.threads, ledger
+        try:
+            runs[name](params, setting)
+        finally:
+            lab.ledger = None
+        if stream is not None:
+            stream.write(f"publish: {name}: {len(ledger)} entries so far\n")
+    return _with_inputs(ledger), threads or 0
+
+
+def _with_inputs(ledger: dict) -> dict:
+    """``ledger`` and every stored recipe its entries were computed from (a prediction's mask, …):
+    the provenance of each published entry is published too, however it was resolved this time."""
+    from .recipes import stored_inputs
+
+    out, todo = dict(ledger), list(ledger.values())
+    while todo:
+        for r in stored_inputs(todo.pop()):
+            if f"{r.kind}/{r.key}" not in out:
+                out[f"{r.kind}/{r.key}"] = r
+                todo.append(r)
+    return out
+
+
+def publish(root: Path, which: dict[str, tuple[Path, dict]] | None = None, stream: TextIO | None = None):
+    """Resolve every page (computing what is missing) and write the published layer at ``root``."""
+    import sys
+
+    from .store import default_store
+
+    stream = stream or sys.stderr
+    which = which or pages()
+    previous = Published(root) if (root / pub.MANIFEST).is_file() else None
+    ledger, threads = resolve_pages(which, stream)
+    chapters = {name: {"parameters": _jsonable(params)} for name, (_, params) in which.items()}
+    report = pub.write(root, ledger, default_store(), previous, threads, chapters)
+    for what, names in (("added", report.added), ("replaced", report.replaced), ("dropped", report.dropped)):
+        for name in names:
+            stream.write(f"publish: {what} {name}\n")
+    stream.write(f"publish: {report.summary()} in {root}\n")
+    return report
+
+
+def check(root: Path | None, which: dict[str, tuple[Path, dict]] | None = None) -> list[str]:
+    """The staleness guard: what is wrong with the published layer at ``root`` for the book's pages
+    now (an empty list: nothing). No model is loaded and nothing is computed."""
+    if root is None or not (root / pub.MANIFEST).is_file():
+        return [f"no published results at {root} (SKILLGRAFT_RESULTS); `make publish` computes and publishes them"]
+    layer, problems = Published(root), []
+    which = which or pages()
+    published_pages = layer.manifest.get("chapters", {})
+    for name, (path, params) in which.items():
+        had = published_pages.get(name, {}).get("parameters")
+        if had is None:
+            problems.append(f"{name}: not published")
+        elif had != _jsonable(params):
+            changed = sorted(k for k in set(had) | set(params) if had.get(k) != _jsonable(params).get(k))
+            problems.append(f"{name}: its parameters changed since publishing ({', '.join(changed)})")
+    refused, stale = layer.check()
+    problems += [f"{name}: its file {root / layer.entries[name]['file']} is missing or fails its sha256" for name in refused]
+    problems += [f"{name} ({layer.entries[name]['label']}): made by other code than this; its key is no longer reached"
+                 for name in stale]
+    return problems
+
+
+# ---------------------------------------------------------------------------- the spot check
+@dataclasses.dataclass
+class Difference:
+    what: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.detail}"
+
+
+def chains(params: dict) -> list[tuple[str, int]]:
+    """Chapter 01's grid: (task, seed) pairs, in order."""
+    return [(task, seed) for task in params["tasks"] for seed in params["seeds"]]
+
+
+def _compare_arrays(what: str, got: np.ndarray, want: np.ndarray, exact: bool) -> list[Difference]:
+    if got.shape != want.shape:
+        return [Difference(what, f"shape {got.shape} recomputed, {want.shape} published")]
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    if exact:
+        if np.array_equal(got, want):
+            return []
+        i = np.unravel_index(int(diff.argmax()), diff.shape)
+        return [Difference(what, f"{int((diff > 0).sum())} of {diff.size} values differ; largest |Δ| {diff.max():.3g} "
+                                 f"at {tuple(int(x) for x in i)}: published {want[i]!r}, recomputed {got[i]!r}")]
+    if diff.mean() > TOLERANCE["mean_abs_prob"]:
+        return [Difference(what, f"mean |Δ| {diff.mean():.3g} > {TOLERANCE['mean_abs_prob']}")]
+    return []
+
+
+def _compare(recipe, entry, body: dict, exact: bool) -> list[Difference]:
+    """Differences between a recomputed store entry and its published body."""
+    from .published import _decode
+
+    label, out = recipe.label(), []
+    meta_want, meta_got = body["record"]["data"], json.loads(json.dumps(entry.meta))
+    if recipe.kind == "delta":
+        for k in ("best_step", "passes", "train_loss", "train_acc", "best_dev_acc", "fit"):
+            a, b = meta_got.get(k), meta_want.get(k)
+            same = a == b if exact else (a == b or (isinstance(a, float) and isinstance(b, float)
+                                                    and math.isclose(a, b, rel_tol=0.05, abs_tol=0.01)))
+            if not same:
+                out.append(Difference(f"{label}: {k}", f"published {b!r}, recomputed {a!r}"))
+        want = [r.get("train_loss") for r in meta_want.get("history", [])]
+        got = [r.get("train_loss") for r in meta_got.get("history", [])]
+        out += _compare_arrays(f"{label}: train loss per step", np.array(got, float), np.array(want, float), exact) \
+            if exact else []
+        return out
+    tensors = _decode(body["tensors"])
+    if recipe.kind == "mask":
+        if exact:
+            for name in sorted(set(tensors) | set(entry.tensors)):
+                if name not in tensors or name not in entry.tensors or not np.array_equal(
+                        entry.tensors[name].numpy(), tensors[name].numpy()):
+                    out.append(Difference(f"{label}: positions of {name}", "differ"))
+                    break
+        else:
+            a, b = meta_got.get("count", 0), meta_want.get("count", 0)
+            if abs(a - b) > TOLERANCE["mask_size"] * max(b, 1):
+                out.append(Difference(f"{label}: size", f"published {b}, recomputed {a}"))
+        return out
+    if recipe.kind == "probs":
+        got, want = entry.tensors["probs"].numpy(), tensors["probs"].numpy()
+        out += _compare_arrays(f"{label}: probabilities", got, want, exact)
+        labels = tensors["labels"].numpy()
+        if not exact and got.shape == want.shape:
+            acc = abs(float((got.argmax(1) == labels).mean()) - float((want.argmax(1) == labels).mean()))
+            if acc > TOLERANCE["accuracy"]:
+                out.append(Difference(f"{label}: accuracy", f"differs by {acc:.3f} > {TOLERANCE['accuracy']}"))
+        return out
+    return out
+
+
+def spot_check(root: Path, chain: int | None = None, params: dict | None = None,
+               stream: TextIO | None = None) -> list[Difference]:
+    """Recompute one chain of chapter 01's grid from nothing and compare it with the published
+    entries; returns the differences (empty: the check passed). ``chain`` indexes
+    :func:`chains` (default: the day's, rotating through the grid)."""
+    import sys
+
+    import torch
+
+    from .chapters.common import Setting
+    from .lab import Lab, Variant
+    from .store import Store
+    from .sweep import torch_threads
+
+    stream = stream or sys.stderr
+    layer = Published(root)
+    if params is None:
+        params = pages()["01_single_task_grafting"][1]
+    grid = chains(params)
+    index = (datetime.date.today().toordinal() if chain is None else chain) % len(grid)
+    task, seed = grid[index]
+    setting = Setting.from_params(**params)
+    threads = layer.threads or torch.get_num_threads()
+    here = pub.machine()
+    same_machine = layer.manifest.get("machine", {}).get("cpu") == here["cpu"] and \
+        layer.manifest.get("machine", {}).get("torch") == here["torch"]
+    with tempfile.TemporaryDirectory(prefix="skillgraft-spot-") as tmp, torch_threads(threads):
+        lab = Lab(setting.model, setting.device, setting.max_length, setting.test_size, store=Store(tmp),
+                  precision=setting.precision, published=None)
+        exact = same_machine and lab.threads == layer.threads
+        stream.write(f"spot check: chain {index + 1} of {len(grid)} ({task}, seed {seed}) recomputed from nothing "
+                     f"with {lab.threads} threads; compared {'bit for bit' if exact else 'within the tolerance'}\n")
+        dspec = lab.fine_tune(task, setting.k, seed, setting.finetune)
+        gspec = lab.graft(dspec, task, float("nan"), dataclasses.replace(setting.graft))
+        lab.predict(task, Variant("fine-tuned", delta=dspec))
+        lab.predict(task, Variant("graft", dspec, gspec))
+        differences, compared = [], 0
+        for kind_dir in sorted(Path(tmp).iterdir()):
+            for folder in sorted(kind_dir.iterdir()):
+                if folder.name.startswith("."):
+                    continue
+                record = json.loads((folder / "meta.json").read_text())
+                name = f"{kind_dir.name}/{folder.name}"
+                body = layer.body(name)
+                recipe = _Named(record, kind_dir.name, folder.name)
+                if body is None:
+                    differences.append(Difference(f"{record['recipe']} {name[:20]}", "is not published"))
+                    continue
+                entry = lab.store.load(recipe)
+                differences += _compare(recipe, entry, body, exact)
+                compared += 1
+        stream.write(f"spot check: {compared} entries compared, {len(differences)} difference(s)\n")
+    return differences
+
+
+class _Named:
+    """A stored record seen as a recipe: what :meth:`Store.load` and :func:`_compare` read of it."""
+
+    def __init__(self, record: dict, kind: str, key: str):
+        self.record, self.kind, self.key = record, kind, key
+        spec = record["spec"]
+        if kind == "probs":
+            model = "graft" if spec.get("mask") else "fine-tuned model" if spec.get("delta") else "zero-shot model"
+            self._label = f"{spec['task']} {spec['split']} predictions of the {model}"
+        else:
+            what = {"delta": "fine-tune", "mask": "graft"}.get(kind, record["recipe"])
+            self._label = f"{what} of {spec.get('task') or ', '.join(spec.get('tasks', []))}, seed {spec.get('seed')}"
+
+    def label(self) -> str:
+        return self._label

@@ -1,0 +1,169 @@
+"""The published layer: resolution order, thread counts, refused entries, the staleness guard, the spot check."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from skillgraft import lab as lab_module
+from skillgraft import published as pub
+from skillgraft import publishing, recipes, store as store_module
+from skillgraft.lab import Lab, Variant
+from skillgraft.store import Store
+from skillgraft.sweep import torch_threads
+from test_tasks import corpora  # noqa: F401  (fixture: small corpora under a fresh SKILLGRAFT_HOME)
+
+
+@pytest.fixture
+def params(corpora, tiny_llama_dir):  # noqa: F811
+    lab_module._LABS.clear()
+    yield dict(model=str(tiny_llama_dir), device="cpu", precision="fp32", tasks=["mr"], seeds=[13, 21], k=4,
+               test_size=12, max_length=32, sparsities=[0.05], claim_sparsity=0.05, ft_optimizer="sgd", ft_lr=0.05,
+               ft_steps=4, ft_eval_every=2, ft_batch_size=4, graft_lr=1e4, graft_epochs=1, graft_sigmoid_bias=10.0,
+               graft_start="grow", compare_seeds=1)
+    lab_module._LABS.clear()
+
+
+def _publish(tmp_path, params, threads=2):
+    root = tmp_path / "results"
+    with torch_threads(threads):
+        lab_module._LABS.clear()
+        report = publishing.publish(root, {"01_single_task_grafting": (None, params)})
+    lab_module._LABS.clear()
+    return root, report
+
+
+def _lab(params, root, store_root, threads=1):
+    with torch_threads(threads):
+        return Lab(params["model"], max_length=params["max_length"], test_size=params["test_size"],
+                   store=Store(store_root), published=root)
+
+
+def _chain(lab, params, seed=13):
+    from skillgraft.chapters.common import Setting
+    setting = Setting.from_params(**params)
+    dspec = lab.fine_tune("mr", params["k"], seed, setting.finetune)
+    gspec = lab.graft(dspec, "mr", float("nan"), setting.graft)
+    return setting, dspec, gspec
+
+
+def _no_compute(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("computed a published step")
+    monkeypatch.setattr(recipes, "finetune", boom)
+    monkeypatch.setattr(recipes, "localize", boom)
+
+
+def test_publish_writes_small_entries_without_deltas_and_is_idempotent(tmp_path, params):
+    root, report = _publish(tmp_path, params)
+    manifest = json.loads((root / pub.MANIFEST).read_text())
+    kinds = {name.split("/")[0] for name in manifest["entries"]}
+    assert kinds == {"delta", "mask", "probs", "location"} and manifest["threads"] == 2
+    assert report.added and not report.replaced and not report.dropped
+    delta = next(n for n in manifest["entries"] if n.startswith("delta/"))
+    body = json.loads(gzip.decompress((root / manifest["entries"][delta]["file"]).read_bytes()))
+    assert body["tensors"] == {} and body["record"]["complete"] is False and body["record"]["data"]["history"]
+    assert body["provenance"]["threads"] == 2 and body["provenance"]["code"] == body["record"]["code"]
+    again = publishing.publish(root, {"01_single_task_grafting": (None, params)})
+    assert again.kept == len(manifest["entries"]) and not (again.added or again.replaced or again.dropped)
+
+
+def test_resolution_order_store_then_published_then_compute(tmp_path, params, monkeypatch):
+    root, _ = _publish(tmp_path, params)
+    lab = _lab(params, root, tmp_path / "empty", threads=2)
+    setting, dspec, gspec = _chain(lab, params)
+    _no_compute(monkeypatch)
+    probs, labels = lab.predict("mr", Variant("graft", dspec, gspec))      # published
+    assert lab.origin(lab._same_mask(gspec)) == "published" and lab.origin(dspec) == "published (metadata)"
+    assert lab.meta(dspec)["history"] and not (tmp_path / "empty").exists()  # nothing was written locally
+    local = Store(tmp_path / "local")
+    recipe = recipes.Prediction(lab.env, "mr", (lab.classifier("mr").prompt.template,
+                                               tuple(lab.classifier("mr").prompt.label_words)), delta=dspec,
+                                mask=lab._same_mask(gspec))
+    local.save(recipe, {"probs": torch.zeros(len(labels), 2), "labels": torch.as_tensor(labels)})
+    lab.store, lab.memory = local, {pool: {} for pool in lab.memory}
+    assert float(lab.predict("mr", Variant("graft", dspec, gspec))[0].sum()) == 0.0  # the local store comes first
+    with pytest.raises(AssertionError, match="computed a published step"):       # not published: computed
+        lab.resolve(recipes.FineTune(lab.env, "mr", params["k"], 99, setting.finetune))
+
+
+def test_an_entry_published_with_two_threads_is_found_with_one(tmp_path, params, monkeypatch):
+    root, _ = _publish(tmp_path, params, threads=2)
+    lab = _lab(params, root, tmp_path / "store", threads=1)
+    assert lab.threads == 1
+    _, dspec, gspec = _chain(lab, params)
+    assert dspec.env.threads == 1 and lab.published.name(dspec, 1).endswith(pub.with_threads(dspec, 2).key)
+    _no_compute(monkeypatch)
+    assert lab.mask(gspec).count == lab.meta(gspec)["count"]
+    gpu = _lab(params, root, tmp_path / "store", threads=1)
+    assert gpu.published.name(dspec, 0).endswith(dspec.key)  # a GPU lab (0 threads) looks up its own keys: computes
+
+
+def test_a_corrupt_entry_is_refused_with_its_path_and_recomputed(tmp_path, params, caplog, monkeypatch):
+    root, _ = _publish(tmp_path, params)
+    lab = _lab(params, root, tmp_path / "store", threads=2)
+    _, dspec, gspec = _chain(lab, params)
+    name = f"mask/{gspec.key}"
+    layer = pub.Published(root)
+    path = root / layer.entries[name]["file"]
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    with caplog.at_level(logging.WARNING):
+        assert pub.Published(root).body(name) is None
+    assert str(path) in caplog.text and "is refused" in caplog.text
+    problems = publishing.check(root, {"01_single_task_grafting": (None, params)})
+    assert any(str(path) in p and "fails its sha256" in p for p in problems)
+    lab.published = pub.Published(root)
+    assert lab.origin(gspec) == "compute"
+    computed = []
+    real = recipes.localize
+    monkeypatch.setattr(recipes, "localize", lambda *a, **k: computed.append(1) or real(*a, **k))
+    lab.mask(gspec)
+    assert computed == [1]                                      # localized again, into the local store
+    assert (tmp_path / "store" / "mask" / gspec.key).is_dir()
+
+
+def test_the_staleness_guard_names_changed_code_and_parameters(tmp_path, params, monkeypatch):
+    which = {"01_single_task_grafting": (None, params)}
+    root, _ = _publish(tmp_path, params)
+    assert publishing.check(root, which) == []
+    assert "not published" in publishing.check(root, {**which, "02_calibration": (None, params)})[-1]
+    moved = {**params, "seeds": [13]}
+    assert publishing.check(root, {"01_single_task_grafting": (None, moved)}) == [
+        "01_single_task_grafting: its parameters changed since publishing (seeds)"]
+    real = store_module._current_code
+    monkeypatch.setattr(store_module, "_current_code",
+                        lambda modules: "changed" if "localization" in modules else real(modules))
+    problems = publishing.check(root, which)
+    assert problems and all("made by other code" in p for p in problems)
+    assert any(p.startswith("mask/") for p in problems)
+    assert any(p.startswith("location/") for p in problems)  # made from a graft: stale through its input
+    assert not any(p.startswith("delta/") for p in problems)  # fine-tunes do not run the localization code
+    assert publishing.check(tmp_path / "nowhere", which)[0].startswith("no published results at")
+
+
+def test_the_spot_check_passes_then_fails_on_a_tampered_value(tmp_path, params):
+    root, _ = _publish(tmp_path, params)
+    with torch_threads(2):
+        assert publishing.spot_check(root, chain=1, params=params) == []
+    layer = pub.Published(root)
+    name = next(n for n, e in layer.entries.items() if n.startswith("probs/") and
+                layer.body(n)["record"]["spec"]["mask"] and layer.body(n)["record"]["spec"]["delta"]["key"] in
+                {_chain(_lab(params, root, tmp_path / "s", threads=2), params, seed=21)[1].key})
+    body = layer.body(name)
+    probs = pub._decode(body["tensors"])["probs"]
+    probs[3, 0] += 0.25
+    body["tensors"]["probs"] = pub._encode({"probs": probs})["probs"]
+    data = gzip.compress(json.dumps(body).encode())
+    (root / layer.entries[name]["file"]).write_bytes(data)
+    manifest = json.loads((root / pub.MANIFEST).read_text())
+    manifest["entries"][name]["sha256"] = hashlib.sha256(data).hexdigest()  # a consistent, but tampered, entry
+    (root / pub.MANIFEST).write_text(json.dumps(manifest))
+    with torch_threads(2):
+        differences = publishing.spot_check(root, chain=1, params=params)
+    assert len(differences) == 1 and "probabilities" in str(differences[0])
+    assert "1 of 24 values differ" in str(differences[0]) and "at (3, 0)" in str(differences[0])
