@@ -167,3 +167,24 @@ def test_the_spot_check_passes_then_fails_on_a_tampered_value(tmp_path, params):
         differences = publishing.spot_check(root, chain=1, params=params)
     assert len(differences) == 1 and "probabilities" in str(differences[0])
     assert "1 of 24 values differ" in str(differences[0]) and "at (3, 0)" in str(differences[0])
+
+
+def test_the_dry_run_says_where_each_step_comes_from(tmp_path, params, monkeypatch):
+    import nbformat
+
+    from skillgraft import cli
+    root, _ = _publish(tmp_path, params)
+    monkeypatch.setenv("SKILLGRAFT_RESULTS", str(root))
+    monkeypatch.setenv("SKILLGRAFT_STORE", str(tmp_path / "empty-store"))  # a fresh clone: only the published layer
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()),
+                                          metadata={"tags": ["parameters"]})]
+    path = tmp_path / "01_single_task_grafting.ipynb"
+    nbformat.write(nb, path)
+    lab_module._LABS.clear()
+    with torch_threads(2):
+        text = cli.dry_run_plan(path, {})
+        assert "min of fine-tuning steps" not in text and "  published" in text and "  compute " not in text
+        more = cli.dry_run_plan(path, {"seeds": [13, 21, 42]})  # a new seed: its fine-tune is to be computed
+    lab_module._LABS.clear()
+    assert "  compute                fine-tuning mr, seed 42  ~" in more and "min of fine-tuning steps" in more
