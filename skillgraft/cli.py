@@ -256,6 +256,9 @@ def cmd_run(args) -> None:
     output = Path(args.output) if args.output else Path(args.output_dir) / path.name
     if output.resolve() == path.resolve():
         raise UsageError("refusing to overwrite the book's notebook; choose another --output")
+    note = machine.bf16_note({**notebook_parameters(path), **params})
+    if note:
+        print(f"{path.stem}: {note}", file=sys.stderr, flush=True)
     print(execute(path, output, params, cwd=path.parent))
 
 

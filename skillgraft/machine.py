@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["BUSY_CORES", "busy_cores", "kernel_environment"]
+__all__ = ["BUSY_CORES", "busy_cores", "kernel_environment", "native_bf16", "bf16_note"]
 
 BUSY_CORES = 0.5  # cores kept busy by other processes from which kernels wait passively
 
@@ -55,3 +55,23 @@ def kernel_environment(busy: float | None, environ: dict | None = None) -> dict[
 
 if __name__ == "__main__":  # `env $(python -m skillgraft.machine) CMD`: CMD's kernels wait as this machine needs
     print(" ".join(f"{k}={v}" for k, v in kernel_environment(busy_cores()).items()))
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, as oneDNN reports): without it,
+    torch emulates bf16 and a training step under bf16 autocast takes many times an fp32 one."""
+    import torch
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def bf16_note(params: dict) -> str | None:
+    """A line for the terminal when ``params`` train in bf16 on a CPU that emulates it, else None."""
+    device = str(params.get("device", "cpu"))
+    if params.get("precision") != "bf16" or not device.startswith("cpu") or native_bf16():
+        return None
+    return ("this CPU has no native bf16 (AVX512-BF16): bf16 training steps run many times slower than fp32 ones "
+            "here; the book's results were computed in bf16 (its published results are read, not recomputed); "
+            "for new runs, `-p precision fp32` is faster on this machine")

@@ -119,3 +119,13 @@ def test_an_ood_target_of_other_classes_is_named_in_the_dry_run(capsys):
     assert cli.main(argv) == 0
     assert cli.main(["run", "03_ood", "--dry-run", "-p", "sources", '["mr"]', "-p", "targets", '["bbc"]']) == 2
     assert "target(s) ['bbc'] share no source's classes" in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_it_is_said(monkeypatch):
+    from skillgraft import machine
+    monkeypatch.setattr(machine, "native_bf16", lambda: False)
+    assert "no native bf16" in machine.bf16_note({"precision": "bf16", "device": "cpu"})
+    assert machine.bf16_note({"precision": "fp32", "device": "cpu"}) is None
+    assert machine.bf16_note({"precision": "bf16", "device": "cuda"}) is None
+    monkeypatch.setattr(machine, "native_bf16", lambda: True)
+    assert machine.bf16_note({"precision": "bf16", "device": "cpu"}) is None
