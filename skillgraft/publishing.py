@@ -230,14 +230,11 @@ def spot_check(root: Path, chain: int | None = None, params: dict | None = None,
     setting = Setting.from_params(**params)
     threads = layer.threads or torch.get_num_threads()
     here = pub.machine()
-    same_machine = layer.manifest.get("machine", {}).get("cpu") == here["cpu"] and \
-        layer.manifest.get("machine", {}).get("torch") == here["torch"]
     with tempfile.TemporaryDirectory(prefix="skillgraft-spot-") as tmp, torch_threads(threads):
         lab = Lab(setting.model, setting.device, setting.max_length, setting.test_size, store=Store(tmp),
                   precision=setting.precision, published=None)
-        exact = same_machine and lab.threads == layer.threads
         stream.write(f"spot check: chain {index + 1} of {len(grid)} ({task}, seed {seed}) recomputed from nothing "
-                     f"with {lab.threads} threads; compared {'bit for bit' if exact else 'within the tolerance'}\n")
+                     f"with {lab.threads} threads on {here['cpu'] or here['arch']}\n")
         dspec = lab.fine_tune(task, setting.k, seed, setting.finetune)
         gspec = lab.graft(dspec, task, float("nan"), dataclasses.replace(setting.graft))
         lab.predict(task, Variant("fine-tuned", delta=dspec))
@@ -255,6 +252,11 @@ def spot_check(root: Path, chain: int | None = None, params: dict | None = None,
                     differences.append(Difference(f"{record['recipe']} {name[:20]}", "is not published"))
                     continue
                 entry = lab.store.load(recipe)
+                made = body.get("provenance", {})
+                exact = (made.get("cpu"), made.get("torch"), made.get("threads")) == (here["cpu"], here["torch"],
+                                                                                       lab.threads)
+                stream.write(f"spot check: {recipe.label()}: compared {'bit for bit' if exact else 'within the tolerance'} "
+                             f"(published from {made.get('cpu') or '?'}, {made.get('threads')} threads)\n")
                 differences += _compare(recipe, entry, body, exact)
                 compared += 1
         stream.write(f"spot check: {compared} entries compared, {len(differences)} difference(s)\n")

@@ -150,6 +150,10 @@ def test_the_spot_check_passes_then_fails_on_a_tampered_value(tmp_path, params):
     root, _ = _publish(tmp_path, params)
     with torch_threads(2):
         assert publishing.spot_check(root, chain=1, params=params) == []
+    real = pub.machine
+    with torch_threads(2), pytest.MonkeyPatch.context() as mp:  # another CPU: compared within the tolerance
+        mp.setattr(pub, "machine", lambda: {**real(), "cpu": "another CPU"})
+        assert publishing.spot_check(root, chain=1, params=params) == []
     layer = pub.Published(root)
     name = next(n for n, e in layer.entries.items() if n.startswith("probs/") and
                 layer.body(n)["record"]["spec"]["mask"] and layer.body(n)["record"]["spec"]["delta"]["key"] in
