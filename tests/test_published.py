@@ -155,9 +155,11 @@ def test_the_spot_check_passes_then_fails_on_a_tampered_value(tmp_path, params):
         mp.setattr(pub, "machine", lambda: {**real(), "cpu": "another CPU"})
         assert publishing.spot_check(root, chain=1, params=params) == []
     layer = pub.Published(root)
-    name = next(n for n, e in layer.entries.items() if n.startswith("probs/") and
-                layer.body(n)["record"]["spec"]["mask"] and layer.body(n)["record"]["spec"]["delta"]["key"] in
-                {_chain(_lab(params, root, tmp_path / "s", threads=2), params, seed=21)[1].key})
+    lab = _lab(params, root, tmp_path / "s", threads=2)
+    _, dspec, gspec = _chain(lab, params, seed=21)
+    graft = lab._same_mask(gspec)  # the chain's graft predictions (a graft kept at its base patch is that mask)
+    name = next(n for n in layer.entries if n.startswith("probs/") and layer.body(n)["record"]["spec"]["mask"]
+                and layer.body(n)["record"]["spec"]["mask"]["key"] == graft.key)
     body = layer.body(name)
     probs = pub._decode(body["tensors"])["probs"]
     probs[3, 0] += 0.25
