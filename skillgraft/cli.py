@@ -418,7 +418,14 @@ def cmd_publish(args) -> None:
         print(f"staleness guard: every page's results are published and current in {root} "
               f"({time.perf_counter() - start:.1f} s)")
         return
-    publishing.publish(root)
+    which = publishing.pages()
+    if args.pages:
+        short = {name.split("_", 1)[0]: name for name in which}
+        unknown = [p for p in args.pages if p not in which and p not in short]
+        if unknown:
+            raise UsageError(f"unknown page(s) {unknown}; accepted: {', '.join(which)} (or 01 … 05)")
+        which = {short.get(p, p): which[short.get(p, p)] for p in args.pages}
+    publishing.publish(root, which)
 
 
 def cmd_spotcheck(args) -> None:
@@ -469,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-execute", action="store_true", help="build from the committed outputs")
     book.set_defaults(func=cmd_book)
     pb = sub.add_parser("publish", help="publish what the book's pages resolve into results/ (computing what is missing)")
+    pb.add_argument("pages", nargs="*", help="only these pages (e.g. 01 survey); the others keep their published entries")
     pb.add_argument("--check", action="store_true",
                     help="the staleness guard: are the book's results published and current? (seconds, no compute)")
     pb.add_argument("--root", help="the published layer (default: results/ of this checkout, or $SKILLGRAFT_RESULTS)")

@@ -225,7 +225,7 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
     where = machine()
     for name in sorted(recipes_used):
         recipe = recipes_used[name]
-        entry = store.load(recipe)
+        entry = store.load(recipe) if hasattr(recipe, "spec") else None  # a kept entry is copied as published
         if entry is not None:
             record = json.loads((entry.path / "meta.json").read_text())
             heavy = recipe.kind in HEAVY
@@ -246,8 +246,9 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
         if not (root / file).is_file() or hashlib.sha256((root / file).read_bytes()).hexdigest() != digest:
             with atomic(root / file) as tmp:
                 tmp.write_bytes(data)
-        entries[name] = {"file": file, "sha256": digest, "bytes": len(data), "recipe": type(recipe).__name__,
-                         "label": recipe.label()}
+        entries[name] = {"file": file, "sha256": digest, "bytes": len(data),
+                         "recipe": old[name]["recipe"] if name in old and not hasattr(recipe, "spec") else type(recipe).__name__,
+                         "label": old[name]["label"] if name in old and not hasattr(recipe, "spec") else recipe.label()}
         report.bytes += len(data)
         if name not in old:
             report.added.append(name)

@@ -57,25 +57,27 @@ def _jsonable(params: dict) -> dict:
     return json.loads(json.dumps(params, default=str))
 
 
-def resolve_pages(which: dict[str, tuple[Path, dict]], stream: TextIO | None = None) -> tuple[dict, int]:
+def resolve_pages(which: dict[str, tuple[Path, dict]], stream: TextIO | None = None) -> tuple[dict, dict, int]:
     """Run each page's experiment; returns (``kind/key`` -> recipe of every stored recipe resolved,
-    the labs' torch thread count)."""
+    page -> the names its experiment resolved, the labs' torch thread count)."""
     from .chapters.common import Setting
 
-    runs, ledger, threads = _page_runs(), {}, None
+    runs, ledger, by_page, threads = _page_runs(), {}, {}, None
     for name, (_, params) in which.items():
         setting = Setting.from_params(**params)
         lab = setting.lab()
         if threads is not None and lab.threads != threads:
             raise RuntimeError(f"{name} resolves with {lab.threads} torch threads, the others with {threads}")
-        threads, lab.ledger = lab.threads, ledger
+        threads, lab.ledger = lab.threads, {}
         try:
             runs[name](params, setting)
         finally:
-            lab.ledger = None
+            mine, lab.ledger = _with_inputs(lab.ledger), None
+        ledger.update(mine)
+        by_page[name] = sorted(mine)
         if stream is not None:
-            stream.write(f"publish: {name}: {len(ledger)} entries so far\n")
-    return _with_inputs(ledger), threads or 0
+            stream.write(f"publish: {name}: {len(mine)} entries\n")
+    return ledger, by_page, threads or 0
 
 
 def _with_inputs(ledger: dict) -> dict:
@@ -101,14 +103,32 @@ def publish(root: Path, which: dict[str, tuple[Path, dict]] | None = None, strea
     stream = stream or sys.stderr
     which = which or pages()
     previous = Published(root) if (root / pub.MANIFEST).is_file() else None
-    ledger, threads = resolve_pages(which, stream)
-    chapters = {name: {"parameters": _jsonable(params)} for name, (_, params) in which.items()}
+    ledger, by_page, threads = resolve_pages(which, stream)
+    chapters = {name: {"parameters": _jsonable(params), "entries": by_page[name]} for name, (_, params) in which.items()}
+    if previous is not None:  # pages not republished now keep their published entries
+        if previous.threads not in (None, threads):
+            raise RuntimeError(f"the published layer was computed with {previous.threads} torch threads, this run "
+                               f"with {threads}: publish every page again with one count")
+        for name, page in previous.manifest.get("chapters", {}).items():
+            if name not in chapters:
+                chapters[name] = page
+                ledger.update({e: _Kept(e) for e in page.get("entries", []) if e not in ledger})
     report = pub.write(root, ledger, default_store(), previous, threads, chapters)
     for what, names in (("added", report.added), ("replaced", report.replaced), ("dropped", report.dropped)):
         for name in names:
             stream.write(f"publish: {what} {name}\n")
     stream.write(f"publish: {report.summary()} in {root}\n")
     return report
+
+
+class _Kept:
+    """A published entry kept as it is (its page was not republished): read from the previous layer."""
+
+    def __init__(self, name: str):
+        self.kind, self.key = name.split("/", 1)
+
+    def label(self) -> str:
+        return f"{self.kind} {self.key[:12]}"
 
 
 def check(root: Path | None, which: dict[str, tuple[Path, dict]] | None = None) -> list[str]:

@@ -19,6 +19,13 @@ from skillgraft.sweep import torch_threads
 from test_tasks import corpora  # noqa: F401  (fixture: small corpora under a fresh SKILLGRAFT_HOME)
 
 
+@pytest.fixture(autouse=True)
+def two_threads():
+    """Published entries here are made with two torch threads, whatever the environment sets."""
+    with torch_threads(2):
+        yield
+
+
 @pytest.fixture
 def params(corpora, tiny_llama_dir):  # noqa: F811
     lab_module._LABS.clear()
@@ -69,7 +76,8 @@ def test_publish_writes_small_entries_without_deltas_and_is_idempotent(tmp_path,
     body = json.loads(gzip.decompress((root / manifest["entries"][delta]["file"]).read_bytes()))
     assert body["tensors"] == {} and body["record"]["complete"] is False and body["record"]["data"]["history"]
     assert body["provenance"]["threads"] == 2 and body["provenance"]["code"] == body["record"]["code"]
-    again = publishing.publish(root, {"01_single_task_grafting": (None, params)})
+    with torch_threads(2):
+        again = publishing.publish(root, {"01_single_task_grafting": (None, params)})
     assert again.kept == len(manifest["entries"]) and not (again.added or again.replaced or again.dropped)
 
 
@@ -194,3 +202,18 @@ def test_the_dry_run_says_where_each_step_comes_from(tmp_path, params, monkeypat
         more = cli.dry_run_plan(path, {"seeds": [13, 21, 42]})  # a new seed: its fine-tune is to be computed
     lab_module._LABS.clear()
     assert "  compute                fine-tuning mr, seed 42  ~" in more and "min of fine-tuning steps" in more
+
+
+def test_publishing_one_page_keeps_the_others(tmp_path, params):
+    root, first = _publish(tmp_path, params)
+    survey = {**params, "tasks": ["mr"], "seed": 13, "reference": "mr"}
+    with torch_threads(2):
+        lab_module._LABS.clear()
+        report = publishing.publish(root, {"survey": (None, survey)})
+    lab_module._LABS.clear()
+    manifest = json.loads((root / pub.MANIFEST).read_text())
+    assert set(manifest["chapters"]) == {"01_single_task_grafting", "survey"} and not report.dropped
+    chapter = manifest["chapters"]["01_single_task_grafting"]["entries"]
+    assert chapter and set(chapter) <= set(manifest["entries"])
+    assert set(manifest["chapters"]["survey"]["entries"]) & set(chapter)  # the survey shares seed 13's fine-tune
+    assert publishing.check(root, {"01_single_task_grafting": (None, params), "survey": (None, survey)}) == []
