@@ -20,7 +20,6 @@ one key: one computes, the others read), and returns the step's key, never a ten
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import logging
 import os
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+
+from .lab import Lab
 
 __all__ = ["Step", "CHAPTERS", "plan", "sweep", "compute_step", "torch_threads"]
 
@@ -114,56 +115,54 @@ class _Planner:
                                           self.lab.threads)
 
     def recording_lab(self):
+        return PlanningLab(self.lab, self)
+
+
+class PlanningLab(Lab):
+    """A view of a real lab (its model shared, its memory pools empty) whose store never writes and
+    whose expensive steps are recorded with the planner and answered with stand-ins (a zero delta,
+    a one-entry mask, uniform probabilities): the chapters plan through it as they run."""
+
+    def __init__(self, real: Lab, planner: "_Planner"):  # no model is loaded: the real lab's is shared
+        import torch
+
+        self.__dict__.update(real.__dict__)
+        self.memory = {pool: {} for pool in real.memory}
+        self.store = _PlanningStore(real.store, real._from_published)
+        self.planner = planner
+        self._zeros = {n: torch.zeros_like(p, requires_grad=False) for n, p in self.graftable.items()}
+
+    def _compute(self, recipe):
         import torch
 
         from .recipes import FineTune, Localized
 
-        lab, planner = copy.copy(self.lab), self
-        lab.memory = {pool: {} for pool in self.lab.memory}
-        lab.store = _PlanningStore(self.lab.store, self.lab._from_published)
-        zeros = {n: torch.zeros_like(p, requires_grad=False) for n, p in lab.graftable.items()}
-        first = next(iter(lab.graftable))
-        real_resolve = lab.resolve
+        planner = self.planner
+        if isinstance(recipe, FineTune):
+            planner.add(recipe)
+            planner.stand_in = True
+            return self.store.save(recipe, self._zeros, {"history": [], "stand_in": True, "fit": True})
+        if isinstance(recipe, Localized):
+            planner.add(recipe)
+            planner.stand_in = True
+            first = next(iter(self.graftable))
+            positions = {n: torch.zeros(1 if n == first else 0, dtype=torch.long) for n in self.graftable}
+            row = {"epoch": 0, "count": 1, "sparsity": 0.0, "added": 0, "removed": 0, "train_acc": np.nan,
+                   "dev_acc": np.nan}
+            return self.store.save(recipe, positions, {"history": [row], "count": 1, "best_epoch": 0,
+                                                       "sparsity": 0.0, "base_count": 1, "stand_in": True})
+        tensors, meta = recipe.compute(self)  # cheap ones (a location, a baseline mask) into memory
+        return self.store.save(recipe, tensors, meta)
 
-        def compute(recipe):
-            if isinstance(recipe, FineTune):
-                planner.add(recipe)
-                planner.stand_in = True
-                return lab.store.save(recipe, zeros, {"history": [], "stand_in": True, "fit": True})
-            if isinstance(recipe, Localized):
-                planner.add(recipe)
-                planner.stand_in = True
-                positions = {n: torch.zeros(1 if n == first else 0, dtype=torch.long) for n in lab.graftable}
-                row = {"epoch": 0, "count": 1, "sparsity": 0.0, "added": 0, "removed": 0, "train_acc": np.nan,
-                       "dev_acc": np.nan}
-                return lab.store.save(recipe, positions, {"history": [row], "count": 1, "best_epoch": 0,
-                                                          "sparsity": 0.0, "base_count": 1, "stand_in": True})
-            tensors, meta = recipe.compute(lab)  # cheap ones (a location) are computed, into memory
-            return lab.store.save(recipe, tensors, meta)
-
-        def resolve(recipe):
-            try:
-                return real_resolve(recipe)
-            except _Missing:
-                if not planner.stand_in:  # every input is real: this is the prediction the chapter will need
-                    planner.add(recipe)
-                n = len(lab.splits(recipe.task, recipe.k or 16, recipe.seed or 0)[recipe.split])
-                c = len(recipe.prompt[1])
-                return np.full((n, c), 1.0 / c), np.zeros(n, dtype=int)
-
-        lab._compute, lab.resolve = compute, resolve
-        return lab
-
-
-@contextlib.contextmanager
-def _lab_for_experiments(lab) -> Iterator[None]:
-    from .chapters import common
-    real = common.get_lab
-    common.get_lab = lambda *a, **k: lab
-    try:
-        yield
-    finally:
-        common.get_lab = real
+    def resolve(self, recipe):
+        try:
+            return super().resolve(recipe)
+        except _Missing:
+            if not self.planner.stand_in:  # every input is real: this is the prediction the chapter will need
+                self.planner.add(recipe)
+            n = len(self.splits(recipe.task, recipe.k or 16, recipe.seed or 0)[recipe.split])
+            c = len(recipe.prompt[1])
+            return np.full((n, c), 1.0 / c), np.zeros(n, dtype=int)
 
 
 @contextlib.contextmanager
@@ -195,9 +194,9 @@ def plan(chapters: list[tuple[str, dict]], ledger: dict | None = None) -> tuple[
         planner.lab, planner.stand_in, planner.lab_params = real, False, tuple(sorted(_lab_params(params).items()))
         lab = planner.recording_lab()
         lab.ledger = ledger
-        with _lab_for_experiments(lab), np.errstate(all="ignore"), _quiet("skillgraft"):
+        with np.errstate(all="ignore"), _quiet("skillgraft"):
             try:
-                CHAPTERS[name](params, setting)
+                CHAPTERS[name](params, setting.using(lab))
             except Exception as err:  # a stand-in went where a real value was needed: the next wave has it
                 if not planner.stand_in:
                     raise

@@ -55,7 +55,18 @@ class Setting:
         printer.text("\n".join(["Setting(" + ", ".join(top) + ")", *lines]))
 
     def lab(self):
-        return get_lab(self.model, self.device, self.max_length, self.test_size, self.precision)
+        """The lab this setting resolves through: the one given to :meth:`using`, else the shared
+        lab of its model, device, lengths and precision."""
+        given = self.__dict__.get("_lab")
+        return given if given is not None else get_lab(self.model, self.device, self.max_length, self.test_size,
+                                                       self.precision)
+
+    def using(self, lab) -> "Setting":
+        """A copy of this setting that resolves through ``lab`` (a planning lab, a lab with its own
+        store) instead of the shared one."""
+        out = dataclasses.replace(self)
+        out.__dict__["_lab"] = lab
+        return out
 
     @classmethod
     def from_params(cls, **params) -> "Setting":
