@@ -6,8 +6,11 @@ thresholds, fixed before a chapter is executed and unit tested on hand-made numb
 bootstrap over data seeds and test examples (:func:`bootstrap`): a difference whose 95%
 interval contains zero is "no difference", never a win or a loss.
 
-A verdict is one of :data:`VERDICTS`; "not tested" means the results hold nothing the
-rule could judge (no task where fine-tuning gained, an empty selection, ...).
+A verdict is one of :data:`VERDICTS` and says what its interval says: the claim **holds** when
+the interval lies wholly on the claim's side of its threshold, **fails** when it lies wholly on
+the other side (the data exclude the claim), and is **inconclusive** when it contains the
+threshold; **not testable here** means the setting leaves the claim no room (no task where
+fine-tuning gained, a baseline with nothing to improve on, one task, an empty selection, ...).
 """
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["VERDICTS", "Interval", "Verdict", "bootstrap", "accuracy_interval", "accuracy_gap", "ece_gap",
+__all__ = ["VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "Interval", "Verdict", "bootstrap", "accuracy_interval", "accuracy_gap", "ece_gap",
            "ece_reduction"]
 
-VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not tested")
+HOLDS, FAILS, INCONCLUSIVE, UNTESTABLE = "holds", "fails", "inconclusive", "not testable here"
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, UNTESTABLE)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,26 @@ class Interval:
 
     def __str__(self) -> str:
         return self.fmt()
+
+
+def side(interval: "Interval", threshold: float = 0.0) -> str:
+    """What ``interval`` says of "the value is above ``threshold``": holds (wholly above), fails
+    (wholly below or at it), inconclusive (it contains the threshold)."""
+    if interval.low > threshold:
+        return HOLDS
+    if interval.high <= threshold:
+        return FAILS
+    return INCONCLUSIVE
+
+
+def combine(parts: Sequence[str]) -> str:
+    """One verdict from the verdicts of a claim's parts (all must hold): fails if any part fails,
+    holds if every part holds, else inconclusive."""
+    if not parts:
+        return UNTESTABLE
+    if FAILS in parts:
+        return FAILS
+    return HOLDS if all(p == HOLDS for p in parts) else INCONCLUSIVE
 
 
 @dataclass(frozen=True)

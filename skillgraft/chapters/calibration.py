@@ -80,14 +80,15 @@ def intervals(cal: Calibration, n_bins: int = 10, against: str = "fine-tuned", *
 
 def rule(reduction: Interval | None, gap: Interval | None) -> Verdict:
     """C2 from the pooled ECE ``gap`` (fine-tuned − graft; positive: the graft is better
-    calibrated) and the relative ``reduction``. Reproduced: the gap is above zero and the
-    reduction ≥ 40%; partly: the gap is above zero, the reduction below 40%; not
-    reproduced: no difference or the graft is worse; not tested: nothing to compare."""
+    calibrated) and the relative ``reduction`` (the paper: 40-90% lower). Holds when the gap is
+    above zero and the reduction's interval lies at or above 40%; fails when the graft is worse
+    calibrated (gap below zero) or the reduction's interval lies below 40%; inconclusive when an
+    interval contains its threshold; not testable here with nothing to compare."""
     if reduction is None or gap is None:
-        return Verdict("C2", "not tested", ("no graft and fine-tuned model to compare",))
-    reasons = (f"ECE fine-tuned − graft {gap.fmt('+.3f')}"
+        return Verdict("C2", verdicts.UNTESTABLE, ("no graft and fine-tuned model to compare",))
+    size = (verdicts.HOLDS if reduction.low >= ECE_REDUCTION else verdicts.FAILS if reduction.high < ECE_REDUCTION
+            else verdicts.INCONCLUSIVE)
+    reasons = (f"ECE fine-tuned − graft {gap.fmt('+.3f')}: {verdicts.side(gap)}"
                + (" (no difference)" if gap.sign == 0 else ""),
-               f"relative ECE reduction {reduction.fmt('.0%')} (the paper: 40-90%)")
-    verdict = ("reproduced" if gap.sign > 0 and reduction.estimate >= ECE_REDUCTION
-               else "partly reproduced" if gap.sign > 0 else "not reproduced")
-    return Verdict("C2", verdict, reasons)
+               f"relative ECE reduction {reduction.fmt('.0%')} against the paper's {ECE_REDUCTION:.0%}: {size}")
+    return Verdict("C2", verdicts.combine([verdicts.side(gap), size]), reasons)

@@ -148,15 +148,24 @@ def _stitched_variant(lab, stages, mspecs, t: int, sparsity: float) -> Variant:
     return Variant("stitched", delta=Stitch(tuple(mspecs[:t + 1])), sparsity=sparsity)
 
 
-def rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None) -> Verdict:
+def rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None, forgetting: Interval | None = None) -> Verdict:
     """C5 from graft − sequential intervals of backward transfer (``bwt_gap``) and of final
-    average accuracy. Reproduced: the graft forgets less (BWT gap above zero) and its final
-    average accuracy is no lower (gap not below zero); partly: it forgets less but ends lower;
-    not reproduced: no difference in forgetting, or more; not tested: a one-task sequence."""
+    average accuracy. Holds when the graft forgets less (BWT gap above zero) and ends no lower
+    (accuracy gap not below zero); fails when it forgets more (BWT gap below zero) or ends lower
+    while forgetting no less; else inconclusive. Not testable here for a one-task sequence, or
+    when ``forgetting`` (the sequential model's, if given) is not above zero: there was nothing
+    to forget less of."""
     if bwt_gap is None or accuracy_gap_ is None:
-        return Verdict("C5", "not tested", ("a sequence of one task has no earlier task to forget",))
-    reasons = (f"backward transfer, graft − sequential {bwt_gap.fmt('+.1f', 100, ' pt')}",
-               f"final average accuracy, graft − sequential {accuracy_gap_.fmt('+.1f', 100, ' pt')}")
-    verdict = ("reproduced" if bwt_gap.sign > 0 and accuracy_gap_.sign >= 0
-               else "partly reproduced" if bwt_gap.sign > 0 else "not reproduced")
-    return Verdict("C5", verdict, reasons)
+        return Verdict("C5", verdicts.UNTESTABLE, ("a sequence of one task has no earlier task to forget",))
+    reasons = [f"backward transfer, graft − sequential {bwt_gap.fmt('+.1f', 100, ' pt')}",
+               f"final average accuracy, graft − sequential {accuracy_gap_.fmt('+.1f', 100, ' pt')}"]
+    if forgetting is not None:
+        reasons.append(f"forgetting of plain sequential fine-tuning {forgetting.fmt('+.1f', 100, ' pt')}")
+        if forgetting.sign <= 0:
+            return Verdict("C5", verdicts.UNTESTABLE, tuple(reasons + ["sequential fine-tuning forgot nothing "
+                                                                      "measurable: nothing to forget less of"]))
+    less = verdicts.side(bwt_gap)
+    lower = accuracy_gap_.sign < 0
+    verdict = (verdicts.FAILS if less == verdicts.FAILS or (lower and less != verdicts.HOLDS)
+               else verdicts.HOLDS if less == verdicts.HOLDS and not lower else verdicts.INCONCLUSIVE)
+    return Verdict("C5", verdict, tuple(reasons))

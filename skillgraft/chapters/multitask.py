@@ -14,15 +14,17 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics as mt
+from .. import verdicts
 from ..lab import Variant
 from ..recipes import Similarity
 from ..verdicts import Verdict
 from .common import Setting, caveats, fine_tune_regime, graft_regime
 
-__all__ = ["DISJOINT", "MultiTask", "run", "multitask", "overlap_summary", "verdict", "rule", "caveats"]
+__all__ = ["DISJOINT", "MIN_PAIRS", "MultiTask", "run", "multitask", "overlap_summary", "verdict", "rule", "caveats"]
 
 
 DISJOINT = 0.10        # "almost disjoint": mean asymmetric overlap of two task regions below 10%
+MIN_PAIRS = 6          # task pairs a rank correlation needs before it can say anything (p < 0.05 needs ρ ≥ 0.89 at 6)
 
 
 def run(p: dict, setting: Setting | None = None) -> "MultiTask":
@@ -112,20 +114,27 @@ def overlap_summary(result: MultiTask) -> dict:
 def verdict(result: MultiTask) -> Verdict:
     """C4 on a chapter's result (:func:`overlap_summary`, then :func:`rule`)."""
     s = overlap_summary(result)
-    return rule(s["mean_overlap"], s["random_overlap"], s["rho"].rho if s["rho"] is not None else float("nan"),
-                s["pairs"])
+    rho = s["rho"]
+    return rule(s["mean_overlap"], s["random_overlap"], rho.rho if rho is not None else float("nan"), s["pairs"],
+                rho.pvalue if rho is not None else float("nan"))
 
 
-def rule(mean_overlap: float | None, random_overlap: float, rho: float, pairs: int) -> Verdict:
+def rule(mean_overlap: float | None, random_overlap: float, rho: float, pairs: int,
+         pvalue: float = float("nan")) -> Verdict:
     """C4 from the mean asymmetric overlap of the task regions, the overlap expected of random
     masks of their sizes, and the rank correlation ρ of overlap with task similarity (over
-    ``pairs`` task pairs). Reproduced: mean overlap < 10% and ρ > 0; partly: < 10% only;
-    not reproduced: ≥ 10%; not tested: fewer than two tasks."""
+    ``pairs`` task pairs, two-sided ``pvalue``). Two parts, both needed: disjointness holds
+    when the mean overlap is below 10% and fails otherwise; overlap tracks similarity holds
+    when ρ > 0 at p < 0.05 over at least MIN_PAIRS pairs, fails when ρ < 0 at p < 0.05, else is
+    inconclusive. Not testable here with fewer than two tasks."""
     if mean_overlap is None or pairs < 1 or not np.isfinite(mean_overlap):
-        return Verdict("C4", "not tested", ("fewer than two task regions",))
+        return Verdict("C4", verdicts.UNTESTABLE, ("fewer than two task regions",))
+    disjoint = verdicts.HOLDS if mean_overlap < DISJOINT else verdicts.FAILS
+    significant = pairs >= MIN_PAIRS and np.isfinite(pvalue) and pvalue < 0.05
+    tracks = (verdicts.INCONCLUSIVE if not significant else verdicts.HOLDS if rho > 0 else verdicts.FAILS)
     reasons = (f"mean overlap of two regions {mean_overlap:.1%} (random masks of the same sizes: "
-               f"{random_overlap:.3%}); 'almost disjoint' here means below {DISJOINT:.0%}",
-               f"Spearman rho of overlap with task similarity {rho:+.2f} over {pairs} pair(s)")
-    verdict = ("reproduced" if mean_overlap < DISJOINT and rho > 0
-               else "partly reproduced" if mean_overlap < DISJOINT else "not reproduced")
-    return Verdict("C4", verdict, reasons)
+               f"{random_overlap:.3%}); 'almost disjoint' here means below {DISJOINT:.0%}: {disjoint}",
+               f"Spearman rho of overlap with task similarity {rho:+.2f} over {pairs} pair(s)"
+               + (f", p = {pvalue:.2f}" if np.isfinite(pvalue) else "")
+               + (f" (fewer than {MIN_PAIRS} pairs say nothing)" if pairs < MIN_PAIRS else "") + f": {tracks}")
+    return Verdict("C4", verdicts.combine([disjoint, tracks]), reasons)

@@ -81,17 +81,22 @@ def intervals(result: OOD, **kw) -> tuple:
 
 
 
-def rule(overall: Interval | None, per_target: dict[str, Interval]) -> Verdict:
+def rule(overall: Interval | None, per_target: dict[str, Interval], headroom: Interval | None = None) -> Verdict:
     """C3 from graft − fine-tuned accuracy intervals out of distribution: ``overall`` (all
-    OOD targets pooled) and ``per_target``. Reproduced: the overall gap is above zero;
-    partly: it is not, but the graft is ahead on some target; not reproduced: no target where
-    the graft is ahead; not tested: no OOD target."""
+    OOD targets pooled) and ``per_target``. Holds when the overall interval is above zero,
+    fails when it is below, inconclusive when it contains zero; not testable here with no OOD
+    target, or when ``headroom`` (fine-tuned − zero-shot accuracy on the targets, if given)
+    is not above zero: fine-tuning left the graft nothing out of distribution to keep."""
     if overall is None or not per_target:
-        return Verdict("C3", "not tested", ("no out-of-distribution target to evaluate",))
+        return Verdict("C3", verdicts.UNTESTABLE, ("no out-of-distribution target to evaluate",))
     ahead = sorted(t for t, i in per_target.items() if i.sign > 0)
     behind = sorted(t for t, i in per_target.items() if i.sign < 0)
-    reasons = (f"graft − fine-tuned accuracy over all OOD targets {overall.fmt('+.1f', 100, ' pt')}",
+    reasons = [f"graft − fine-tuned accuracy over all OOD targets {overall.fmt('+.1f', 100, ' pt')}",
                f"graft ahead on {len(ahead)} of {len(per_target)} target(s){': ' + ', '.join(ahead) if ahead else ''}; "
-               f"behind on {len(behind)}{': ' + ', '.join(behind) if behind else ''}; no difference on the rest")
-    verdict = ("reproduced" if overall.sign > 0 else "partly reproduced" if ahead else "not reproduced")
-    return Verdict("C3", verdict, reasons)
+               f"behind on {len(behind)}{': ' + ', '.join(behind) if behind else ''}; no difference on the rest"]
+    if headroom is not None:
+        reasons.append(f"fine-tuned − zero-shot accuracy on the targets {headroom.fmt('+.1f', 100, ' pt')}")
+        if headroom.sign <= 0:
+            return Verdict("C3", verdicts.UNTESTABLE, tuple(reasons + ["fine-tuning gained nothing out of "
+                                                                      "distribution: no room for the graft"]))
+    return Verdict("C3", verdicts.side(overall), tuple(reasons))

@@ -20,7 +20,7 @@ from ..verdicts import Verdict
 from .common import MASK_VARIANTS, Setting, caveats, fine_tune_regime, graft_regime, records, scores
 
 __all__ = ["RECOVERY", "NORMALIZED", "SingleTask", "run", "single_task", "recovery_table", "sparsity_to_reach",
-           "intervals", "rule", "caveats", "MASK_VARIANTS"]
+           "intervals", "task_rule", "rule", "caveats", "MASK_VARIANTS"]
 
 
 RECOVERY = 0.95        # the paper's ">95% of the fine-tuned performance"
@@ -151,29 +151,31 @@ def intervals(result: SingleTask, start: str, target: float, **kw) -> dict[str, 
 
 
 
+def task_rule(v: dict) -> str:
+    """C1 on one task where fine-tuning gained: recovery ≥ 95% (its interval against 95%), the
+    graft ahead of a random mask of its size, and more than half of the gain kept (each interval
+    against its threshold). Holds when all three hold, fails when one fails, else inconclusive."""
+    recovery = (verdicts.HOLDS if v["recovery"].low >= RECOVERY else verdicts.FAILS if v["recovery"].high < RECOVERY
+                else verdicts.INCONCLUSIVE)
+    return verdicts.combine([recovery, verdicts.side(v["vs_random"]), verdicts.side(v["normalized"], NORMALIZED)])
+
+
 def rule(tasks: dict[str, dict]) -> Verdict:
     """C1 from per-task intervals: ``gain`` (fine-tuned − zero-shot accuracy), ``recovery``
     (graft / fine-tuned accuracy), ``normalized`` (share of the gain kept) and ``vs_random``
     (graft − random mask of the graft's size).
 
-    A task tests C1 only where fine-tuning gained (gain interval above zero). On a tested task
-    the claim holds when recovery ≥ 95% *with its whole interval*, at least half the gain is
-    kept, and the graft beats the random mask. Reproduced: holds on every tested task;
-    partly: the point estimates meet the thresholds everywhere but some interval reaches below
-    95%, or it holds on some tested tasks only; not tested: no task gained.
-    """
+    A task tests C1 only where fine-tuning gained (gain interval above zero); on it,
+    :func:`task_rule`. Over the tested tasks: holds when it holds on every one, fails when it
+    fails on one, else inconclusive; not testable here when no task gained."""
     tested = {t: v for t, v in tasks.items() if v["gain"].sign > 0}
     reasons = [f"fine-tuning beat zero-shot (interval above zero) on {len(tested)} of {len(tasks)} task(s)"
                + (f": {', '.join(sorted(tested))}" if tested else "")]
     if not tested:
-        return Verdict("C1", "not tested", tuple(reasons + ["with no gain to recover, C1 cannot be tested"]))
-    firm, point = [], []
+        return Verdict("C1", verdicts.UNTESTABLE, tuple(reasons + ["with no gain to recover, C1 cannot be tested"]))
+    per = {}
     for t, v in sorted(tested.items()):
-        ok_rest = v["normalized"].estimate >= NORMALIZED and v["vs_random"].sign > 0
-        firm.append(v["recovery"].low >= RECOVERY and ok_rest)
-        point.append(v["recovery"].estimate >= RECOVERY and ok_rest)
+        per[t] = task_rule(v)
         reasons.append(f"{t}: recovery {v['recovery'].fmt('.1%')}, share of the gain kept "
-                       f"{v['normalized'].fmt('.0%')}, graft − random {v['vs_random'].fmt('+.1f', 100, ' pt')}")
-    verdict = ("reproduced" if all(firm) else "partly reproduced" if all(point) or any(firm)
-               else "not reproduced")
-    return Verdict("C1", verdict, tuple(reasons))
+                       f"{v['normalized'].fmt('.0%')}, graft − random {v['vs_random'].fmt('+.1f', 100, ' pt')}: {per[t]}")
+    return Verdict("C1", verdicts.combine(list(per.values())), tuple(reasons))
