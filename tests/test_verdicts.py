@@ -172,3 +172,30 @@ def test_ood_targets_must_share_a_sources_classes():
     assert not c03.same_labels("mr", "spamassassin") and not c03.same_labels("tweets3", "mr")
     with pytest.raises(ValueError, match=r"target\(s\) \['bbc'\] share no source's classes"):
         c03.ood(["mr", "sms"], ["imdb-sent", "bbc"], [13], 1e-4, setting=None)  # refused before any model loads
+
+
+def _onehot(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities putting 0.9 on the label where ``correct``, on the other class elsewhere."""
+    labels = np.zeros(len(correct), dtype=int)
+    p1 = np.where(correct, 0.1, 0.9)
+    return np.stack([1 - p1, p1], axis=1), labels
+
+
+def test_ood_headroom_and_continual_forgetting_on_hand_made_results():
+    import pandas as pd
+    from types import SimpleNamespace
+
+    n = 50
+    right, wrong, half = np.ones(n, bool), np.zeros(n, bool), np.arange(n) % 2 == 0
+    ood = SimpleNamespace(probs={("s", "s", 1, "fine-tuned"): _onehot(right), ("s", "s", 1, "zero-shot"): _onehot(wrong),
+                                 ("s", "t", 1, "fine-tuned"): _onehot(right), ("s", "t", 1, "zero-shot"): _onehot(half)})
+    room = c03.headroom(ood, n_boot=200)
+    assert room.estimate == pytest.approx(0.5) and room.low > 0            # in-distribution rows are left out
+    assert c03.headroom(SimpleNamespace(probs={("s", "s", 1, "fine-tuned"): _onehot(right)})) is None
+    R = pd.DataFrame(np.eye(2), columns=["a", "b"])
+    seq = SimpleNamespace(matrices={"sequential": R}, probs={
+        (1, "sequential", 0, 0): _onehot(right), (1, "sequential", 1, 0): _onehot(half),
+        (1, "sequential", 1, 1): _onehot(right)})
+    forgot = c05.forgetting(seq, n_boot=200)
+    assert forgot.estimate == pytest.approx(0.5) and forgot.low > 0
+    assert c05.forgetting(SimpleNamespace(matrices={"sequential": R[["a"]]}, probs={})) is None

@@ -19,7 +19,7 @@ from ..recipes import Difference, Stitch
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, fine_tune_regime, graft_regime, pooled
 
-__all__ = ["CONTINUAL_METHODS", "Continual", "run", "continual", "evaluated", "intervals", "rule", "caveats"]
+__all__ = ["forgetting", "CONTINUAL_METHODS", "Continual", "run", "continual", "evaluated", "intervals", "rule", "caveats"]
 
 
 def run(p: dict, setting: Setting | None = None) -> "Continual":
@@ -138,6 +138,19 @@ def intervals(result: Continual, method: str = "graft (task known)", **kw) -> tu
                                result.probs[seed, "sequential", j, j][1]) for j in range(T)]))
     return (verdicts.accuracy_interval(bwt, lambda a, b, c, d: (a - b) - (c - d), **kw),
             verdicts.accuracy_gap(final, **kw))
+
+
+def forgetting(result: Continual, method: str = "sequential", **kw) -> Interval | None:
+    """How much ``method`` forgets: the mean over earlier tasks j of R[j, j] − R[T, j] (accuracy on
+    task j just after learning it, minus at the end), over seeds and test examples; None for a
+    one-task sequence."""
+    T = len(next(iter(result.matrices.values())).columns)
+    if T < 2:
+        return None
+    seeds = sorted({k[0] for k in result.probs})
+    groups = [pooled([(result.probs[seed, method, j, j][0], result.probs[seed, method, T - 1, j][0],
+                       result.probs[seed, method, j, j][1]) for j in range(T - 1)]) for seed in seeds]
+    return verdicts.accuracy_gap(groups, **kw)
 
 
 def _stitched_variant(lab, stages, mspecs, t: int, sparsity: float) -> Variant:

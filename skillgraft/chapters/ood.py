@@ -15,7 +15,7 @@ from .. import verdicts
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, fine_tune_regime, graft_regime, three_models, pooled, scores
 
-__all__ = ["OOD", "run", "ood", "intervals", "rule", "caveats"]
+__all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "caveats"]
 
 
 def run(p: dict, setting: Setting | None = None) -> "OOD":
@@ -79,6 +79,21 @@ def intervals(result: OOD, **kw) -> tuple:
             groups.append(pooled([group(s, t, seed) for s, t in pairs if s == src]))
     return verdicts.accuracy_gap(groups, **kw), per
 
+
+
+def headroom(result: OOD, **kw) -> Interval | None:
+    """Fine-tuned − zero-shot accuracy over every OOD target of each source (pooled per source and
+    seed): what fine-tuning gained out of distribution, hence what a graft could keep (None: no target)."""
+    pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "fine-tuned"})
+    seeds = sorted({seed for _, _, seed, _ in result.probs})
+    if not pairs:
+        return None
+    groups = []
+    for src in sorted({s for s, _ in pairs}):
+        for seed in seeds:
+            groups.append(pooled([(result.probs[s, t, seed, "fine-tuned"][0], result.probs[s, t, seed, "zero-shot"][0],
+                                   result.probs[s, t, seed, "fine-tuned"][1]) for s, t in pairs if s == src]))
+    return verdicts.accuracy_gap(groups, **kw)
 
 
 def rule(overall: Interval | None, per_target: dict[str, Interval], headroom: Interval | None = None) -> Verdict:
