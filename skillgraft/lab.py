@@ -237,10 +237,6 @@ class Lab:
             with grafted(self.lm.model, value, self.mask(mask)):
                 yield self.lm.model
 
-    def apply(self, variant: Variant):
-        """The model of ``variant``, in place, reverted exactly on exit."""
-        return self.applied(variant.delta, variant.mask)
-
 
 @lru_cache(maxsize=64)
 def _splits(task: str, k: int, seed: int, test_size: int) -> tk.Splits:

@@ -172,9 +172,6 @@ class Store:
         return sum(p.stat().st_size for tmp in self.root.glob(f"*/{TMP_PREFIX}*") for p in
                    ([tmp] if tmp.is_file() else tmp.rglob("*")) if p.is_file())
 
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.exists() else 0
-
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
