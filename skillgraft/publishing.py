@@ -256,7 +256,8 @@ def spot_check(root: Path, chain: int | None = None, params: dict | None = None,
         stream.write(f"spot check: chain {index + 1} of {len(grid)} ({task}, seed {seed}) recomputed from nothing "
                      f"with {lab.threads} threads on {here['cpu'] or here['arch']}\n")
         dspec = lab.fine_tune(task, setting.k, seed, setting.finetune)
-        gspec = lab.graft(dspec, task, float("nan"), dataclasses.replace(setting.graft))
+        target = float("nan") if setting.graft.start == "grow" else params["claim_sparsity"]  # as chapter 01's graft
+        gspec = lab.graft(dspec, task, target, setting.graft)
         lab.predict(task, Variant("fine-tuned", delta=dspec))
         lab.predict(task, Variant("graft", dspec, gspec))
         differences, compared = [], 0
