@@ -27,7 +27,7 @@ import numpy as np
 from . import published as pub
 from .published import Published
 
-__all__ = ["PAGES", "TOLERANCE", "pages", "resolve_pages", "publish", "check", "spot_check"]
+__all__ = ["PAGES", "TOLERANCE", "pages", "resolve_pages", "publish", "check", "spot_check", "plan_report"]
 
 # A recomputation on another CPU or thread count differs in the last bits of every matrix product, which 80
 # SGD steps amplify; it checks that this code computes the same thing, not the same bits: each prediction's
@@ -299,3 +299,59 @@ class _Named:
 
     def label(self) -> str:
         return self._label
+
+
+# ---------------------------------------------------------------------------- the dry run's plan
+def plan_report(path: Path, params: dict) -> str:
+    """Per stored step a chapter resolves with ``params``: where it comes from (the local store,
+    the published results, or computed), and an estimate of the compute from measured step costs."""
+    from . import sweep
+    from .chapters.common import Setting
+    from .cli import notebook_parameters
+    from .recipes import FineTune
+
+    full = {**notebook_parameters(path), **params}
+    ledger: dict = {}
+    sweep.plan([(path.stem, full)], ledger)  # a first wave: steps after a computed one are planned when it exists
+    lab = Setting.from_params(**full).lab()
+    costs = _measured_costs(lab, ledger)
+    lines, counts, seconds = [], {}, 0.0
+    for name, recipe in ledger.items():
+        origin = lab.origin(recipe)
+        counts[origin] = counts.get(origin, 0) + 1
+        estimate = ""
+        if origin == "compute":
+            cost = costs.get(type(recipe).__name__)
+            if isinstance(recipe, FineTune) and cost is not None:
+                cost = cost * recipe.finetune.steps
+            if cost is not None:
+                seconds += cost
+                estimate = f"  ~{cost / 60:.1f} min"
+        lines.append(f"  {origin:22s} {recipe.label()}{estimate}")
+    summary = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+    est = f"; about {seconds / 60:.0f} min of fine-tuning steps and localizations to compute, at the measured costs" \
+        if seconds else ""
+    return "\n".join([f"{path.stem}: {len(ledger)} stored steps ({summary}){est}:", *lines,
+                      "  (steps that depend on a step still to compute are found once it exists)"])
+
+
+def _measured_costs(lab, ledger: dict) -> dict[str, float]:
+    """Median seconds of a fine-tuning step, a localization and a prediction, from the histories
+    of the steps already stored or published."""
+    from .recipes import FineTune, Localized
+
+    per_step, grafts = [], []
+    for recipe in ledger.values():
+        if lab.origin(recipe) == "compute" or not isinstance(recipe, (FineTune, Localized)):
+            continue
+        history = lab.meta(recipe).get("history", [])
+        if isinstance(recipe, FineTune):
+            per_step += [r["seconds"] for r in history if isinstance(r.get("seconds"), (int, float))]
+        else:
+            grafts.append(sum(r.get("seconds_step", 0) or 0 for r in history if isinstance(r.get("seconds_step"), float)))
+    out = {}
+    if per_step:
+        out["FineTune"] = float(np.median(per_step))  # per optimizer step; dev and fit checks come on top
+    if grafts:
+        out["Localized"] = float(np.median(grafts))
+    return out

@@ -186,7 +186,6 @@ def test_the_spot_check_passes_then_fails_on_a_tampered_value(tmp_path, params):
 def test_the_dry_run_says_where_each_step_comes_from(tmp_path, params, monkeypatch):
     import nbformat
 
-    from skillgraft import cli
     root, _ = _publish(tmp_path, params)
     monkeypatch.setenv("SKILLGRAFT_RESULTS", str(root))
     monkeypatch.setenv("SKILLGRAFT_STORE", str(tmp_path / "empty-store"))  # a fresh clone: only the published layer
@@ -197,9 +196,9 @@ def test_the_dry_run_says_where_each_step_comes_from(tmp_path, params, monkeypat
     nbformat.write(nb, path)
     lab_module._LABS.clear()
     with torch_threads(2):
-        text = cli.dry_run_plan(path, {})
+        text = publishing.plan_report(path, {})
         assert "min of fine-tuning steps" not in text and "  published" in text and "  compute " not in text
-        more = cli.dry_run_plan(path, {"seeds": [13, 21, 42]})  # a new seed: its fine-tune is to be computed
+        more = publishing.plan_report(path, {"seeds": [13, 21, 42]})  # a new seed: its fine-tune is to be computed
     lab_module._LABS.clear()
     assert "  compute                fine-tuning mr, seed 42  ~" in more and "min of fine-tuning steps" in more
 
