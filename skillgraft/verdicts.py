@@ -21,7 +21,7 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "Interval", "Verdict", "bootstrap", "accuracy_interval", "accuracy_gap", "ece_gap",
+__all__ = ["VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "no_room", "Interval", "Verdict", "bootstrap", "accuracy_interval", "accuracy_gap", "ece_gap",
            "ece_reduction"]
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTABLE = "holds", "fails", "inconclusive", "not testable here"
@@ -68,6 +68,16 @@ def combine(parts: Sequence[str]) -> str:
     if FAILS in parts:
         return FAILS
     return HOLDS if all(p == HOLDS for p in parts) else INCONCLUSIVE
+
+
+def no_room(claim: str, reasons: list[str], room: "Interval | None", what: str, why: str) -> "Verdict | None":
+    """The "not testable here" verdict of ``claim`` when ``room`` (what the claim needs to be above
+    zero: a gain to keep, a forgetting to reduce) is not above zero; None when it is, or is not
+    given. Its line, ``what`` with the interval, is added to ``reasons`` either way."""
+    if room is None:
+        return None
+    reasons.append(f"{what} {room.fmt('+.1f', 100, ' pt')}")
+    return Verdict(claim, UNTESTABLE, tuple(reasons + [why])) if room.sign <= 0 else None
 
 
 @dataclass(frozen=True)

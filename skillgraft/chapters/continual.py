@@ -172,11 +172,10 @@ def rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None, forgetting: I
         return Verdict("C5", verdicts.UNTESTABLE, ("a sequence of one task has no earlier task to forget",))
     reasons = [f"backward transfer, graft − sequential {bwt_gap.fmt('+.1f', 100, ' pt')}",
                f"final average accuracy, graft − sequential {accuracy_gap_.fmt('+.1f', 100, ' pt')}"]
-    if forgetting is not None:
-        reasons.append(f"forgetting of plain sequential fine-tuning {forgetting.fmt('+.1f', 100, ' pt')}")
-        if forgetting.sign <= 0:
-            return Verdict("C5", verdicts.UNTESTABLE, tuple(reasons + ["sequential fine-tuning forgot nothing "
-                                                                      "measurable: nothing to forget less of"]))
+    blocked = verdicts.no_room("C5", reasons, forgetting, "forgetting of plain sequential fine-tuning",
+                               "sequential fine-tuning forgot nothing measurable: nothing to forget less of")
+    if blocked:
+        return blocked
     less = verdicts.side(bwt_gap)
     lower = accuracy_gap_.sign < 0
     verdict = (verdicts.FAILS if less == verdicts.FAILS or (lower and less != verdicts.HOLDS)

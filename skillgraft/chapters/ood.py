@@ -109,9 +109,6 @@ def rule(overall: Interval | None, per_target: dict[str, Interval], headroom: In
     reasons = [f"graft − fine-tuned accuracy over all OOD targets {overall.fmt('+.1f', 100, ' pt')}",
                f"graft ahead on {len(ahead)} of {len(per_target)} target(s){': ' + ', '.join(ahead) if ahead else ''}; "
                f"behind on {len(behind)}{': ' + ', '.join(behind) if behind else ''}; no difference on the rest"]
-    if headroom is not None:
-        reasons.append(f"fine-tuned − zero-shot accuracy on the targets {headroom.fmt('+.1f', 100, ' pt')}")
-        if headroom.sign <= 0:
-            return Verdict("C3", verdicts.UNTESTABLE, tuple(reasons + ["fine-tuning gained nothing out of "
-                                                                      "distribution: no room for the graft"]))
-    return Verdict("C3", verdicts.side(overall), tuple(reasons))
+    blocked = verdicts.no_room("C3", reasons, headroom, "fine-tuned − zero-shot accuracy on the targets",
+                               "fine-tuning gained nothing out of distribution: no room for the graft")
+    return blocked or Verdict("C3", verdicts.side(overall), tuple(reasons))
