@@ -140,10 +140,10 @@ class Lab:
         """Where ``recipe`` would be read from now: "store", "published" or "compute"."""
         if self.store.load_meta(recipe) is not None:
             return "store"
-        if self.published is not None and self.published.body(self.published.name(recipe, self.threads)) is not None:
-            complete = self.published.body(self.published.name(recipe, self.threads))["record"].get("complete", True)
-            return "published" if complete else "published (metadata)"
-        return "compute"
+        body = self.published.body(self.published.name(recipe, self.threads)) if self.published is not None else None
+        if body is None:
+            return "compute"
+        return "published" if body["record"].get("complete", True) else "published (metadata)"
 
     def _compute(self, recipe: Recipe) -> Entry:
         if os.environ.get("SKILLGRAFT_COMPUTE", "").lower() == "never":

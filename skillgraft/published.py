@@ -43,9 +43,9 @@ import torch
 from . import __version__
 from .files import TMP_PREFIX, atomic
 from .recipes import Env, Recipe
-from .store import Entry, Store
+from .store import Entry, Store, stale
 
-__all__ = ["FORMAT", "MANIFEST", "Published", "PublishReport", "default_root", "with_threads", "write", "stale",
+__all__ = ["FORMAT", "MANIFEST", "Published", "PublishReport", "default_root", "with_threads", "write",
            "machine"]
 
 log = logging.getLogger(__name__)
@@ -178,24 +178,6 @@ class Published:
         return refused, stale({n: self.body(n)["record"] for n in self.entries if n not in refused})
 
 
-def stale(records: dict[str, dict]) -> list[str]:
-    """Names (``kind/key``) of records made by other code or another version, or from such a record."""
-    from .store import _current_code
-
-    memo: dict[str, bool] = {}
-
-    def is_stale(name: str) -> bool:
-        if name not in memo:
-            rec = records.get(name)
-            if rec is None:
-                return False
-            memo[name] = True
-            memo[name] = (rec.get("skillgraft") != __version__ or rec.get("code") != _current_code(rec["modules"])
-                          or any(is_stale(i) for i in rec.get("inputs", [])))
-        return memo[name]
-    return sorted(n for n in records if is_stale(n))
-
-
 # ---------------------------------------------------------------------------- writing
 @dataclass
 class PublishReport:
@@ -225,7 +207,8 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
     where = machine()
     for name in sorted(recipes_used):
         recipe = recipes_used[name]
-        entry = store.load(recipe) if hasattr(recipe, "spec") else None  # a kept entry is copied as published
+        kept = not hasattr(recipe, "spec")  # an entry of a page not republished: copied as published
+        entry = None if kept else store.load(recipe)
         if entry is not None:
             record = json.loads((entry.path / "meta.json").read_text())
             heavy = recipe.kind in HEAVY
@@ -246,9 +229,9 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
         if not (root / file).is_file() or hashlib.sha256((root / file).read_bytes()).hexdigest() != digest:
             with atomic(root / file) as tmp:
                 tmp.write_bytes(data)
-        entries[name] = {"file": file, "sha256": digest, "bytes": len(data),
-                         "recipe": old[name]["recipe"] if name in old and not hasattr(recipe, "spec") else type(recipe).__name__,
-                         "label": old[name]["label"] if name in old and not hasattr(recipe, "spec") else recipe.label()}
+        described = ({k: old[name][k] for k in ("recipe", "label")} if kept and name in old
+                     else {"recipe": type(recipe).__name__, "label": recipe.label()})
+        entries[name] = {"file": file, "sha256": digest, "bytes": len(data), **described}
         report.bytes += len(data)
         if name not in old:
             report.added.append(name)

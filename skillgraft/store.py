@@ -26,7 +26,7 @@ from .files import TMP_PREFIX, atomic, sweep_killed
 from . import recipes
 from .recipes import Recipe, jsonable, stored_inputs
 
-__all__ = ["Entry", "Store", "default_store"]
+__all__ = ["Entry", "Store", "default_store", "stale"]
 
 log = logging.getLogger(__name__)
 
@@ -135,24 +135,12 @@ class Store:
                     records[f"{folder.parent.name}/{folder.name}"] = json.loads((folder / META).read_text())
                 except (OSError, ValueError):
                     records[f"{folder.parent.name}/{folder.name}"] = {}
-        stale: dict[str, bool] = {}
-
-        def is_stale(name: str) -> bool:
-            if name not in stale:
-                rec = records.get(name)
-                if rec is None:  # an input no longer stored: what was made from it is still reachable
-                    return False
-                stale[name] = True  # (a cycle cannot happen; this guards a hand-edited store)
-                stale[name] = (rec.get("skillgraft") != __version__ or "modules" not in rec
-                               or rec.get("code") != _current_code(rec["modules"])
-                               or any(is_stale(i) for i in rec.get("inputs", [])))
-            return stale[name]
-
+        old = set(stale(records))
         for name in records:
             folder = self.root / name
             size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
             kind, key = name.split("/")
-            out.append({"kind": kind, "key": key, "bytes": size, "stale": is_stale(name)})
+            out.append({"kind": kind, "key": key, "bytes": size, "stale": name in old})
         return out
 
     def prune(self) -> int:
@@ -174,6 +162,24 @@ class Store:
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def stale(records: dict[str, dict]) -> list[str]:
+    """Names (``kind/key``) of entry records made by other code or another version, or made from
+    such a record (no key of this code can reach them); an input absent from ``records`` is not stale."""
+    memo: dict[str, bool] = {}
+
+    def is_stale(name: str) -> bool:
+        if name not in memo:
+            rec = records.get(name)
+            if rec is None:  # an input no longer stored: what was made from it is still reachable
+                return False
+            memo[name] = True  # (a cycle cannot happen; this guards a hand-edited store)
+            memo[name] = (rec.get("skillgraft") != __version__ or "modules" not in rec
+                          or rec.get("code") != _current_code(rec["modules"])
+                          or any(is_stale(i) for i in rec.get("inputs", [])))
+        return memo[name]
+    return sorted(n for n in records if is_stale(n))
 
 
 def _current_code(modules: list[str]) -> str | None:
