@@ -242,8 +242,11 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
     report.dropped = sorted(set(old) - set(entries))
     manifest = {"format": FORMAT, "skillgraft": __version__, "threads": threads, "machine": where,
                 "published": now, "chapters": chapters, "entries": entries}
-    with atomic(root / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, sort_keys=True, indent=1))
+    unchanged = previous is not None and all(previous.manifest.get(k) == v for k, v in manifest.items()
+                                             if k != "published")
+    if not unchanged:  # an idempotent publish leaves the manifest, its date included, as it was
+        with atomic(root / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, sort_keys=True, indent=1))
     keep = {root / e["file"] for e in entries.values()}
     for path in root.glob("*/*.json.gz"):  # files of dropped or replaced entries, and of killed publishes
         if path not in keep:
