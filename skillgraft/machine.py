@@ -73,5 +73,5 @@ def bf16_note(params: dict) -> str | None:
     if params.get("precision") != "bf16" or not device.startswith("cpu") or native_bf16():
         return None
     return ("this CPU has no native bf16 (AVX512-BF16): bf16 training steps run many times slower than fp32 ones "
-            "here; the book's results were computed in bf16 (its published results are read, not recomputed); "
-            "for new runs, `-p precision fp32` is faster on this machine")
+            "here (the chapters' default is fp32, the precision of the book's published results); "
+            "`-p precision fp32` is faster on this machine")

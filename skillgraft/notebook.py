@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 from .chapters import Setting  # noqa: E402
 
-__all__ = ["setup", "elapsed", "show_figure"]
+__all__ = ["setup", "elapsed", "show_figure", "say"]
 
 _started: float | None = None
 
@@ -123,3 +123,11 @@ def show_figure(name: str, fig) -> None:
 
     glue(name, fig, display=False)
     plt.close(fig)
+
+
+def say(markdown: str) -> None:
+    """Show ``markdown`` (a paragraph a chapter's module wrote from its results) as text of the
+    page; its plain-text form is the same text, so nbval compares it."""
+    from IPython.display import display
+
+    display({"text/markdown": markdown, "text/plain": markdown}, raw=True)

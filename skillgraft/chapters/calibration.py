@@ -14,7 +14,7 @@ import pandas as pd
 from .. import metrics as mt
 from .. import verdicts
 from ..verdicts import Interval, Verdict
-from .common import Setting, caveats, fine_tune_regime, graft_regime, three_models, scores
+from .common import Setting, caveats, confidence_words, difference_words, fine_tune_regime, graft_regime, three_models, scores, evidence
 
 __all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "rule", "caveats"]
 
@@ -92,3 +92,24 @@ def rule(reduction: Interval | None, gap: Interval | None) -> Verdict:
                + (" (no difference)" if gap.sign == 0 else ""),
                f"relative ECE reduction {reduction.fmt('.0%')} against the paper's {ECE_REDUCTION:.0%}: {size}")
     return Verdict("C2", verdicts.combine([verdicts.side(gap), size]), reasons)
+
+
+def reading(cal: Calibration, reduction: Interval | None, gap: Interval | None, ts_reduction: Interval | None) -> str:
+    """The chapter's result in words written from ``cal`` and its intervals (:func:`intervals`):
+    how confident each model is against its accuracy, the ECE per task, and the two comparisons."""
+    if reduction is None or gap is None:
+        return "No graft and fine-tuned model to compare here."
+    r = cal.results
+    ece = r.groupby(["task", "variant"])["ece"].mean().unstack()
+    per_task = "; ".join(f"{t} {row['fine-tuned']:.3f} → {row['graft']:.3f}" for t, row in ece.iterrows())
+    text = (f"**Reading the result.** Fine-tuned models: {confidence_words(r[r.variant == 'fine-tuned'])}; "
+            f"grafts: {confidence_words(r[r.variant == 'graft'])} (all tasks and seeds). ECE per task, fine-tuned → "
+            f"graft: {per_task}. Pooled, the ECE difference fine-tuned − graft is {gap.fmt('+.3f')}: "
+            f"{difference_words(gap, 'the graft is better calibrated', 'the graft is worse calibrated')}; "
+            f"the relative reduction is {reduction.fmt('.0%')}, against the paper's {ECE_REDUCTION:.0%} or more.")
+    if ts_reduction is not None:
+        text += (f" Against the fine-tuned model temperature-scaled on its dev set, the graft's ECE reduction is "
+                 f"{ts_reduction.fmt('.0%')}: " + difference_words(
+                     ts_reduction, "the graft is better calibrated than temperature scaling makes the fine-tuned model",
+                     "temperature scaling calibrates the fine-tuned model better than grafting does") + ".")
+    return text

@@ -164,3 +164,27 @@ def three_models(lab, setting: Setting, task: str, seed: int, sparsity: float, d
     dspecs.append((dict(task=task, seed=seed), dspec))
     gspecs.append((dict(task=task, seed=seed), mspec))
     return [Variant("zero-shot"), Variant("fine-tuned", delta=dspec), Variant("graft", dspec, mspec, sparsity)]
+
+
+def evidence(tasks: list[str], seeds: list[int], test_size: int) -> str:
+    """What a verdict rests on, in words: its tasks with their families, seeds and test examples."""
+    from ..tasks import get_task
+
+    tasks = list(dict.fromkeys(tasks))
+    families = sorted({get_task(t).family for t in tasks})
+    named = ", ".join(f"{t} ({get_task(t).family})" for t in tasks)
+    return (f"{len(tasks)} task{'s' * (len(tasks) != 1)} in {len(families)} famil{'ies' if len(families) != 1 else 'y'}: "
+            f"{named}; {len(seeds)} data seed{'s' * (len(seeds) != 1)}; {test_size} test examples per task")
+
+
+def confidence_words(rows: pd.DataFrame) -> str:
+    """Mean confidence against accuracy of ``rows`` (a results frame), in words: over- or
+    under-confident by how many points."""
+    conf, acc = float(rows.confidence.mean()), float(rows.accuracy.mean())
+    how = "over" if conf > acc else "under"
+    return f"mean confidence {conf:.1%} against accuracy {acc:.1%}, {how}-confident by {100 * abs(conf - acc):.1f} points"
+
+
+def difference_words(interval, better: str, worse: str) -> str:
+    """``better`` when ``interval`` lies above zero, ``worse`` below, else "no difference"."""
+    return better if interval.sign > 0 else worse if interval.sign < 0 else "no difference (the interval contains zero)"

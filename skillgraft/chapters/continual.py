@@ -17,7 +17,7 @@ from ..lab import Variant
 from ..models import num_graftable
 from ..recipes import Difference, Stitch
 from ..verdicts import Interval, Verdict
-from .common import Setting, caveats, fine_tune_regime, graft_regime, pooled
+from .common import Setting, caveats, difference_words, fine_tune_regime, graft_regime, pooled, evidence
 
 __all__ = ["forgetting", "CONTINUAL_METHODS", "Continual", "run", "continual", "evaluated", "intervals", "rule", "caveats"]
 
@@ -181,3 +181,21 @@ def rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None, forgetting: I
     verdict = (verdicts.FAILS if less == verdicts.FAILS or (lower and less != verdicts.HOLDS)
                else verdicts.HOLDS if less == verdicts.HOLDS and not lower else verdicts.INCONCLUSIVE)
     return Verdict("C5", verdict, tuple(reasons))
+
+
+def reading(result: Continual, forgetting_: Interval | None) -> str:
+    """The chapter's result in words written from ``result``: how much plain sequential
+    fine-tuning forgot, each method's backward transfer and final accuracy, the regions' sizes."""
+    if forgetting_ is None:
+        return "A sequence of one task: nothing to forget."
+    s = result.summary.set_index("method")
+    seq = list(next(iter(result.matrices.values())).columns)
+    methods = "; ".join(f"{m}: backward transfer {100 * r.backward_transfer:+.1f} points, final average accuracy "
+                        f"{r.average_accuracy:.1%}" for m, r in s.iterrows())
+    r = result.regions
+    return (f"**Reading the result.** Learning {' → '.join(seq)} in turn, plain sequential fine-tuning forgot "
+            f"{forgetting_.fmt('+.1f', 100, ' points')} of the earlier tasks' accuracy: "
+            + difference_words(forgetting_, "there was something to forget less of",
+                               "it gained on them, so there was nothing to protect")
+            + f". Means over seeds: {methods}. The task-known grafts hold "
+              f"{r.region_size.min():,}–{r.region_size.max():,} entries per stage (the regions table).")

@@ -18,7 +18,7 @@ from .. import verdicts
 from ..lab import Variant
 from ..recipes import Similarity
 from ..verdicts import Verdict
-from .common import Setting, caveats, fine_tune_regime, graft_regime
+from .common import Setting, caveats, fine_tune_regime, graft_regime, evidence
 
 __all__ = ["DISJOINT", "MIN_PAIRS", "MultiTask", "run", "multitask", "overlap_summary", "verdict", "rule", "caveats"]
 
@@ -138,3 +138,33 @@ def rule(mean_overlap: float | None, random_overlap: float, rho: float, pairs: i
                + (f", p = {pvalue:.2f}" if np.isfinite(pvalue) else "")
                + (f" (fewer than {MIN_PAIRS} pairs say nothing)" if pairs < MIN_PAIRS else "") + f": {tracks}")
     return Verdict("C4", verdicts.combine([disjoint, tracks]), reasons)
+
+
+def reading(result: MultiTask) -> str:
+    """The chapter's result in words written from ``result``: the regions' overlap against random
+    masks of their sizes, within and across task families, and its rank correlation with task
+    similarity; the multi-task model and the regions grafted alone against single-task models."""
+    s = overlap_summary(result)
+    if s["mean_overlap"] is None:
+        return "Fewer than two task regions here."
+    sim = result.similarity
+    same = sim.kind.map(lambda k: len(set(k.split("–"))) == 1)
+    parts = []
+    if same.any():
+        parts.append(f"{same.sum()} same-family pair(s) {sim.overlap[same].mean():.1%}")
+    if (~same).any():
+        parts.append(f"{(~same).sum()} cross-family pair(s) {sim.overlap[~same].mean():.1%}")
+    rho = s["rho"]
+    acc = result.accuracy
+    ratio = s["mean_overlap"] / s["random_overlap"] if s["random_overlap"] > 0 else float("inf")
+    text = (f"**Reading the result.** Sizes of the regions: {acc.region_size.min():,}–{acc.region_size.max():,} "
+            f"entries. One task's region shares on average {s['mean_overlap']:.1%} of another's, "
+            f"{ratio:,.0f} times what random masks of the same sizes would share ({s['random_overlap']:.3%}); "
+            f"by pair, mean overlap of the two directions: {'; '.join(parts)}. ")
+    if rho is not None:
+        text += (f"Over the {s['pairs']} pairs, Spearman's ρ of overlap with the similarity of the tasks' single-task "
+                 f"deltas is {rho.rho:+.2f} (p = {rho.pvalue:.2f}). ")
+    text += (f"The multi-task model's accuracy is {acc.multitask.mean():.1%} on average over the tasks, against "
+             f"{acc.single_task.mean():.1%} for single-task fine-tunes and {acc.zero_shot.mean():.1%} zero-shot; "
+             f"each task's region grafted alone reaches {acc.own_region.mean():.1%}.")
+    return text

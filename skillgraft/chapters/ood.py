@@ -13,7 +13,7 @@ import pandas as pd
 from .. import tasks as tk
 from .. import verdicts
 from ..verdicts import Interval, Verdict
-from .common import Setting, caveats, fine_tune_regime, graft_regime, three_models, pooled, scores
+from .common import Setting, caveats, difference_words, fine_tune_regime, graft_regime, three_models, pooled, scores
 
 __all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "caveats"]
 
@@ -112,3 +112,40 @@ def rule(overall: Interval | None, per_target: dict[str, Interval], headroom: In
     blocked = verdicts.no_room("C3", reasons, headroom, "fine-tuned − zero-shot accuracy on the targets",
                                "fine-tuning gained nothing out of distribution: no room for the graft")
     return blocked or Verdict("C3", verdicts.side(overall), tuple(reasons))
+
+
+def evidence(sources: list[str], targets: list[str], seeds: list[int], test_size: int) -> str:
+    """What C3 rests on: the source → target pairs scored, seeds and test examples."""
+    pairs = [f"{s} → {t}" for s in sources for t in targets if t != s and same_labels(s, t)]
+    families = sorted({tk.get_task(s).family for s in sources})
+    return (f"{len(pairs)} source → target pairs from {len(sources)} source(s) in {len(families)} famil"
+            f"{'ies' if len(families) != 1 else 'y'} ({', '.join(pairs)}); {len(seeds)} data seeds; "
+            f"{test_size} test examples per target")
+
+
+def reading(result: OOD, overall: Interval | None, per_pair: dict, headroom_: Interval | None) -> str:
+    """The chapter's result in words written from ``result`` and its intervals: how each source's
+    models do on their shifted targets, what fine-tuning gained there, and the graft against it."""
+    if overall is None:
+        return "No shifted target to evaluate here."
+    f = result.results
+    acc = f.groupby(["source", "in_distribution", "variant"])["accuracy"].mean()
+    per_source = "; ".join(
+        f"{s}: zero-shot {acc[s, True, 'zero-shot']:.1%} in distribution and {acc[s, False, 'zero-shot']:.1%} on its "
+        f"targets, fine-tuned {acc[s, True, 'fine-tuned']:.1%} and {acc[s, False, 'fine-tuned']:.1%}, graft "
+        f"{acc[s, True, 'graft']:.1%} and {acc[s, False, 'graft']:.1%}"
+        for s in sorted(set(f.source)) if (s, False, "graft") in acc.index)
+    ahead = sum(i.sign > 0 for i in per_pair.values())
+    behind = sum(i.sign < 0 for i in per_pair.values())
+    ece = f[~f.in_distribution].groupby("variant")["ece"].mean()
+    text = (f"**Reading the result.** Mean accuracy over seeds (targets pooled): {per_source}. "
+            + (f"Out of distribution fine-tuning gained {headroom_.fmt('+.1f', 100, ' points')} over zero-shot: "
+               + difference_words(headroom_, "room a graft could keep", "it lost ground there",) + ". "
+               if headroom_ is not None else "")
+            + f"The graft against the fine-tuned model on the shifted targets, pooled: "
+              f"{overall.fmt('+.1f', 100, ' points')}, "
+            + difference_words(overall, "the graft transfers better", "the graft transfers worse")
+            + f"; per pair, ahead on {ahead}, behind on {behind} of {len(per_pair)}. On the targets the graft's mean "
+              f"ECE is {ece['graft']:.3f} against the fine-tuned model's {ece['fine-tuned']:.3f}, a difference this "
+              f"chapter reports without an interval and does not judge.")
+    return text

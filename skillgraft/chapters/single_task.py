@@ -17,7 +17,7 @@ from .. import verdicts
 from ..lab import Variant
 from ..models import num_graftable
 from ..verdicts import Verdict
-from .common import MASK_VARIANTS, Setting, caveats, fine_tune_regime, graft_regime, records, scores
+from .common import MASK_VARIANTS, Setting, caveats, fine_tune_regime, graft_regime, records, scores, evidence
 
 __all__ = ["RECOVERY", "NORMALIZED", "SingleTask", "run", "single_task", "recovery_table", "sparsity_to_reach",
            "intervals", "task_rule", "rule", "caveats", "MASK_VARIANTS"]
@@ -179,3 +179,42 @@ def rule(tasks: dict[str, dict]) -> Verdict:
         reasons.append(f"{t}: recovery {v['recovery'].fmt('.1%')}, share of the gain kept "
                        f"{v['normalized'].fmt('.0%')}, graft − random {v['vs_random'].fmt('+.1f', 100, ' pt')}: {per[t]}")
     return Verdict("C1", verdicts.combine(list(per.values())), tuple(reasons))
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def reading(result: SingleTask, start: str) -> str:
+    """What the optimization did, in words written from ``result`` (the grafts of ``start``): the
+    sizes the grafts reached from their base patches, how many kept masks differ from the
+    top-movement mask of their size, and, per task, the graft against the unoptimized masks of its
+    own final size (mean test accuracy over seeds, in points)."""
+    g = result.grafts[result.grafts.start == start]
+    if g.empty:
+        return f"No graft started from {start!r} here."
+    table = recovery_table(result.results)
+    table = table[table.start == start]
+    acc = table.pivot_table(index="task", columns="variant", values="accuracy")
+    moved = int((~g.equals_top_movement).sum())
+    r = result.results
+    share = float(r[(r.variant == "graft") & (r.start == start)].sparsity.mean())
+    sizes = (f"from base patches of {g.base_size.min():,}–{g.base_size.max():,} entries to "
+             f"{g['size'].min():,}–{g['size'].max():,}" if g.base_size.nunique() > 1 else
+             f"from a base patch of {g.base_size.iloc[0]:,} entries to {g['size'].min():,}–{g['size'].max():,}")
+    per_task = "; ".join(f"{t}: {_points(r['graft'] - r['top-movement'])} against top movement, "
+                         f"{_points(r['graft'] - r['random'])} against random" for t, r in acc.iterrows())
+    gap = (acc["graft"] - acc["top-movement"]).abs().max()
+    ahead = (acc["graft"] - acc["random"]).min()
+    close = ("so on this model the optimization's gain lies in choosing *how many* entries to keep more than "
+             "*which*: the parameters that moved most carry the skill, and a random set of the same size does "
+             "not" if gap < 0.02 and ahead > 0.02 else
+             "so the optimization chose other entries than the largest movements, and they matter"
+             if gap >= 0.02 else "and a random set of the same size does about as well: at this size the "
+             "grafts carry little of the skill")
+    return (f"**What the optimization did.** The {len(g)} {start} grafts went {sizes} entries "
+            f"({share:.4%} of the graftable parameters on average); "
+            f"{moved} of {len(g)} kept masks differ from the top-movement mask of their size. On the test set "
+            f"(mean accuracy over seeds, in points), the graft against unoptimized masks of its own final size: "
+            f"{per_task}; {close}.")
+
