@@ -365,9 +365,12 @@ def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str, fmt: str = ".2f",
     values = np.concatenate([m.to_numpy().ravel() for m in mats.values()])
     vmin = float(np.nanmin(values)) if vmin is None else vmin
     vmax = float(np.nanmax(values)) if vmax is None else vmax
-    n_cols = min(len(mats), _MAX_COLS)  # two a row: three in a row would be too small to read on a phone
+    cells = max(max(m.shape) for m in mats.values())
+    # two small panels a row (three would be too small to read on a phone); a panel of more than four
+    # rows or columns takes a row of its own, so that its annotated cells stay legible
+    n_cols = min(len(mats), _MAX_COLS if cells <= 4 else 1)
     n_rows = -(-len(mats) // n_cols)
-    size = min(1.0 + 0.7 * max(max(m.shape) for m in mats.values()), (_NARROW * n_cols - 0.8) / n_cols)
+    size = min(1.0 + 0.7 * cells, (_NARROW * _MAX_COLS - 0.8) / n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols + 0.8, (size + 0.6) * n_rows + 0.4),
                              layout="constrained", squeeze=False)
     flat = list(axes.ravel())
