@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 from .chapters import Setting  # noqa: E402
 
-__all__ = ["setup", "elapsed", "show_figure", "say"]
+__all__ = ["setup", "elapsed", "show_figure", "say", "regime", "ran"]
 
 _started: float | None = None
 
@@ -131,3 +131,22 @@ def say(markdown: str) -> None:
     from IPython.display import display
 
     display({"text/markdown": markdown, "text/plain": markdown}, raw=True)
+
+
+def regime(result, grafts_moved: bool = True) -> None:
+    """Print the signatures of the paper's regime from a chapter's ``result`` (its ``regime`` and
+    ``grafts`` tables): kept checkpoints that fit their train set, passes, steps on S, and how many
+    grafts kept a mask other than the top-movement mask of their size."""
+    r, g = result.regime, result.grafts
+    print("every kept checkpoint fits its train set (loss <= 0.01, accuracy 1):", bool(r.fit.all()))
+    print("every fine-tune ran at least 20 passes:", bool((r.total_passes >= 20).all()))
+    print("every graft took at least 10 steps on S:", bool((g.steps >= 10).all()))
+    if grafts_moved:
+        print(f"grafts whose kept mask differs from the top-movement mask of its size: "
+              f"{int((~g.equals_top_movement).sum())} of {len(g)}")
+
+
+def ran() -> None:
+    """Print how long the chapter took since :func:`setup`."""
+    print(f"this chapter ran in {elapsed() / 60:.1f} min "
+          f"(fine-tuning, grafts and predictions come from the cache when their settings were computed before)")
