@@ -90,3 +90,33 @@ def test_continual_intervals_backward_transfer_and_final_accuracy():
     assert bwt.low > 0
     one = SimpleNamespace(matrices={"sequential": R[["mr"]]}, probs=probs)
     assert c05.intervals(one) == (None, None)
+
+
+def test_calibration_reduction_by_task_matches_the_pooled_estimate_on_one_task():
+    probs = {}
+    for seed in (13, 21):
+        probs["mr", seed, "graft"] = right_on(0.9, confidence=0.9)
+        probs["mr", seed, "fine-tuned"] = right_on(0.8, confidence=0.99)
+    cal = SimpleNamespace(probs=probs)
+    by_task = c02.reduction_by_task(cal)
+    reduction, _ = c02.intervals(cal, n_boot=50)
+    assert list(by_task.index) == ["mr"] and by_task["mr"] == pytest.approx(reduction.estimate) == pytest.approx(1.0)
+
+
+def test_compare_starts_picks_the_start_with_the_higher_train_plus_dev_accuracy():
+    grafts = pd.DataFrame(dict(seed=[13, 13, 21], start=["grow", "refine", "grow"]))
+    hist = pd.DataFrame(dict(seed=[13, 13, 13, 21], start=["grow", "refine", "refine", "grow"],
+                             kept=[True, True, False, True], count=[10, 100, 50, 12], added=[5, 3, 1, 4],
+                             removed=[0, 9, 2, 0], train_acc=[1.0, 0.9, 0.5, 0.0], dev_acc=[0.8, 0.8, 0.5, 0.0]))
+    by_start, best = c01.compare_starts(SimpleNamespace(grafts=grafts, histories=hist))
+    assert best == "grow" and by_start.loc["refine", "selection"] == pytest.approx(1.7)
+    assert by_start.loc["grow", "count"] == 10          # seed 21 ran one start only: left out
+    _, none = c01.compare_starts(SimpleNamespace(grafts=grafts[grafts.seed == 21], histories=hist[hist.seed == 21]))
+    assert none is None
+
+
+def test_mean_overlap_is_the_off_diagonal_mean():
+    from skillgraft.chapters import multitask as c04
+    m = pd.DataFrame([[1.0, 0.2, 0.4], [0.6, 1.0, 0.0], [0.0, 0.8, 1.0]])
+    assert c04.mean_overlap(m) == pytest.approx(2.0 / 6)
+    assert c04.mean_overlap(pd.DataFrame([[1.0]])) is None

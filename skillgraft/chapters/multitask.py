@@ -20,7 +20,7 @@ from ..recipes import Similarity
 from ..verdicts import Verdict
 from .common import Setting, caveats, fine_tune_regime, graft_regime, evidence
 
-__all__ = ["DISJOINT", "MIN_PAIRS", "MultiTask", "run", "multitask", "overlap_summary", "verdict", "rule", "caveats"]
+__all__ = ["DISJOINT", "MIN_PAIRS", "MultiTask", "run", "multitask", "mean_overlap", "overlap_summary", "verdict", "rule", "caveats"]
 
 
 DISJOINT = 0.10        # "almost disjoint": mean asymmetric overlap of two task regions below 10%
@@ -100,14 +100,18 @@ def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
 
 
 
+def mean_overlap(matrix: pd.DataFrame) -> float | None:
+    """The mean off-diagonal entry of an overlap matrix (None with fewer than two tasks)."""
+    off = ~np.eye(len(matrix), dtype=bool)
+    return float(matrix.values[off].mean()) if off.any() else None
+
+
 def overlap_summary(result: MultiTask) -> dict:
     """What C4 is judged on: the mean off-diagonal asymmetric overlap of the regions, the same
     expected of random masks of their sizes, and the rank correlation of a pair's overlap with
     the similarity of its tasks (:class:`metrics.RankCorrelation`)."""
-    off = ~np.eye(len(result.overlap), dtype=bool)
-    sim = result.similarity
-    return {"mean_overlap": float(result.overlap.values[off].mean()) if off.any() else None,
-            "random_overlap": float(result.random_overlap.values[off].mean()) if off.any() else float("nan"),
+    sim, rnd = result.similarity, mean_overlap(result.random_overlap)
+    return {"mean_overlap": mean_overlap(result.overlap), "random_overlap": float("nan") if rnd is None else rnd,
             "rho": mt.rank_correlation(sim.similarity, sim.overlap) if len(sim) else None, "pairs": len(sim)}
 
 

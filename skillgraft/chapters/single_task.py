@@ -218,3 +218,17 @@ def reading(result: SingleTask, start: str) -> str:
             f"(mean accuracy over seeds, in points), the graft against unoptimized masks of its own final size: "
             f"{per_task}; {close}.")
 
+
+
+def compare_starts(result: SingleTask) -> tuple[pd.DataFrame, str | None]:
+    """The two starts on the seeds where both ran: per start, the mean size, entries added and
+    removed, and train, dev and train + dev accuracy of the kept masks (the official selection
+    rule's number); and the start with the higher train + dev accuracy (None if not both ran)."""
+    g = result.grafts
+    both = g.groupby("seed").start.nunique().loc[lambda n: n > 1].index
+    kept = result.histories[result.histories.kept & result.histories.seed.isin(both)].assign(
+        selection=lambda h: h.train_acc + h.dev_acc)
+    by_start = kept.groupby("start")[["count", "added", "removed", "train_acc", "dev_acc", "selection"]].mean()
+    if len(by_start) < 2:
+        return by_start, None
+    return by_start, str(by_start.selection.idxmax())
