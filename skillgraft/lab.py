@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import assets
 from . import tasks as tk
 from .finetune import FinetuneConfig
 from .grafting import apply_delta, grafted
@@ -91,8 +92,9 @@ class Lab:
         return self._classifiers[key]
 
     def splits(self, task: str, k: int, seed: int) -> tk.Splits:
-        """Seeded k-shot train/dev and the fixed test split (of ``self.test_size``)."""
-        return _splits(task, k, seed, self.test_size)
+        """Seeded k-shot train/dev and the fixed test split (of ``self.test_size``), from the corpora
+        under the current cache root."""
+        return _splits(task, k, seed, self.test_size, str(assets.home()))
 
     # ---------------------------------------------------------------- recipes of this lab
     def fine_tune(self, tasks: list[str] | str, k: int, seed: int, cfg: FinetuneConfig, mode: str = "single",
@@ -239,7 +241,7 @@ class Lab:
 
 
 @lru_cache(maxsize=64)
-def _splits(task: str, k: int, seed: int, test_size: int) -> tk.Splits:
+def _splits(task: str, k: int, seed: int, test_size: int, home: str) -> tk.Splits:  # home: part of the key only
     return tk.load_splits(task, k=k, seed=seed, test_size=test_size)
 
 
@@ -253,8 +255,11 @@ def cpu_threads(device: str | torch.device) -> int:
 
 def get_lab(model: str = "smollm2-135m", device: str = "cpu", max_length: int = 64, test_size: int = 200,
             precision: str = "fp32") -> Lab:
-    """A shared :class:`Lab` per setting and torch thread count: the model loads once per process."""
-    key = (model, device, max_length, test_size, precision, cpu_threads(device))
+    """A shared :class:`Lab` per setting, torch thread count, store and published layer (as the
+    environment names them now): the model loads once per process, and a lab never serves a store
+    or a published layer other than the ones the environment names."""
+    key = (model, device, max_length, test_size, precision, cpu_threads(device), str(default_store().root),
+           str(default_root()))
     if key not in _LABS:
         _LABS.clear()  # one model in memory at a time
         _LABS[key] = Lab(model, device, max_length, test_size, precision=precision)

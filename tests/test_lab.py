@@ -16,11 +16,9 @@ from test_tasks import corpora  # noqa: F401  (fixture: small corpora under a fr
 
 @pytest.fixture
 def setting(corpora, tiny_llama_dir):  # noqa: F811
-    lab_module._LABS.clear()  # a Lab keeps the store of the home it was made under
     yield ex.Setting(model=str(tiny_llama_dir), k=4, test_size=12, max_length=32,
                      finetune=FinetuneConfig(lr=0.05, steps=4, batch_size=4, eval_every=2),
                      graft=GraftConfig(sparsity=0.05, lr=1e4, epochs=1))
-    lab_module._LABS.clear()
 
 
 def test_single_task_frame_and_cache(setting, monkeypatch):
@@ -49,7 +47,6 @@ def test_single_task_frame_and_cache(setting, monkeypatch):
         raise AssertionError("recomputed a cached step")
     monkeypatch.setattr(recipes, "finetune", boom)
     monkeypatch.setattr(recipes, "localize", boom)
-    lab_module._LABS.clear()
     again = ex.single_task.single_task(["mr"], [13], sparsities, setting)
     assert again.results.equals(first.results)
 
@@ -62,7 +59,6 @@ def test_masks_are_stored_as_positions(setting):
     entry = lab.store.load(mspec)
     stored = sum(t.numel() for t in entry.tensors.values())
     assert stored == mask.count < mask.total                  # one integer per grafted entry, not one per parameter
-    lab_module._LABS.clear()
     fresh = setting.lab().mask(mspec)                         # read back from the store by a new Lab
     assert fresh.equal(mask) and fresh.count == lab.mask_count(mspec)
 
@@ -76,7 +72,6 @@ def test_baseline_masks_and_similarities_are_read_back_without_the_delta(setting
     cos = lab.resolve(recipes.Similarity(dspec, other))
     assert computed["top"].equal(masks.top_movement(lab.delta(dspec), 0.05))
     assert cos == pytest.approx(float(grafting.cosine(lab.delta(dspec), lab.delta(other))), abs=0)
-    lab_module._LABS.clear()
     fresh = setting.lab()
     monkeypatch.setattr(fresh, "delta", lambda r: (_ for _ in ()).throw(AssertionError("read a delta")))
     assert fresh.mask(top).equal(computed["top"]) and fresh.mask(rnd).equal(computed["random"])
@@ -185,7 +180,6 @@ def test_computations_report_their_stage(setting, monkeypatch):
     steps = [r for r in seen if r["what"] == "fine-tuning mr, seed 13" and r["total"]]
     assert [r["done"] for r in steps] == [1, 2, 3, 4] and steps[-1]["total"] == 4
     seen.clear()
-    lab_module._LABS.clear()
     ex.single_task.single_task(["mr"], [13], [0.05], setting, starts=("refine",))
     assert seen == []
 
@@ -216,7 +210,6 @@ def test_a_change_to_the_localization_code_recomputes_the_graft_not_the_fine_tun
     real_hash = recipes.code_hash
     monkeypatch.setattr(recipes, "code_hash", lambda modules, package_dir=None: real_hash(modules, package_dir)
                         + ("+edited" if "localization" in modules else ""))
-    lab_module._LABS.clear()
     lab = setting.lab()
     again = lab.graft(lab.fine_tune("mr", setting.k, 13, setting.finetune), "mr", 0.05, setting.graft)
     assert again.delta.key == graft.delta.key and again.key != graft.key
@@ -245,3 +238,11 @@ def test_continual_evaluates_what_its_metrics_read():
         blank = np.where([[ex.continual.evaluated(t, j, T) for j in range(T)] for t in range(T)], full, np.nan)
         assert mt.forgetting(blank) == mt.forgetting(full)
         assert mt.backward_transfer(blank) == mt.backward_transfer(full)
+
+
+def test_a_shared_lab_follows_the_store_the_environment_names(setting, tmp_path, monkeypatch):
+    first = setting.lab()
+    assert setting.lab() is first                        # the model loads once per process
+    monkeypatch.setenv("SKILLGRAFT_STORE", str(tmp_path / "other"))
+    other = setting.lab()
+    assert other is not first and other.store.root == tmp_path / "other"   # never the old store

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from skillgraft import lab as lab_module
 from skillgraft import published as pub
 from skillgraft import publishing, recipes, store as store_module
 from skillgraft.lab import Lab, Variant
@@ -28,20 +27,16 @@ def two_threads():
 
 @pytest.fixture
 def params(corpora, tiny_llama_dir):  # noqa: F811
-    lab_module._LABS.clear()
     yield dict(model=str(tiny_llama_dir), device="cpu", precision="fp32", tasks=["mr"], seeds=[13, 21], k=4,
                test_size=12, max_length=32, sparsities=[0.05], claim_sparsity=0.05, ft_optimizer="sgd", ft_lr=0.05,
                ft_steps=4, ft_eval_every=2, ft_batch_size=4, graft_lr=1e4, graft_epochs=1, graft_sigmoid_bias=10.0,
                graft_start="grow", compare_seeds=1)
-    lab_module._LABS.clear()
 
 
 def _publish(tmp_path, params, threads=2):
     root = tmp_path / "results"
     with torch_threads(threads):
-        lab_module._LABS.clear()
         report = publishing.publish(root, {"01_single_task_grafting": (None, params)})
-    lab_module._LABS.clear()
     return root, report
 
 
@@ -194,12 +189,10 @@ def test_the_dry_run_says_where_each_step_comes_from(tmp_path, params, monkeypat
                                           metadata={"tags": ["parameters"]})]
     path = tmp_path / "01_single_task_grafting.ipynb"
     nbformat.write(nb, path)
-    lab_module._LABS.clear()
     with torch_threads(2):
         text = publishing.plan_report(path, {})
         assert "min of fine-tuning steps" not in text and "  published" in text and "  compute " not in text
         more = publishing.plan_report(path, {"seeds": [13, 21, 42]})  # a new seed: its fine-tune is to be computed
-    lab_module._LABS.clear()
     assert "  compute                fine-tuning mr, seed 42  ~" in more and "min of fine-tuning steps" in more
 
 
@@ -207,9 +200,7 @@ def test_publishing_one_page_keeps_the_others(tmp_path, params):
     root, first = _publish(tmp_path, params)
     survey = {**params, "tasks": ["mr"], "seed": 13, "reference": "mr"}
     with torch_threads(2):
-        lab_module._LABS.clear()
         report = publishing.publish(root, {"survey": (None, survey)})
-    lab_module._LABS.clear()
     manifest = json.loads((root / pub.MANIFEST).read_text())
     assert set(manifest["chapters"]) == {"01_single_task_grafting", "survey"} and not report.dropped
     chapter = manifest["chapters"]["01_single_task_grafting"]["entries"]

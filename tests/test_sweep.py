@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("dask.distributed")
 
-from skillgraft import chapters as chapter_modules, cli, lab as lab_module, recipes, sweep  # noqa: E402
+from skillgraft import chapters as chapter_modules, cli, recipes, sweep  # noqa: E402
 from test_tasks import corpora  # noqa: E402,F401  (fixture: small corpora under a fresh SKILLGRAFT_HOME)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +42,7 @@ def entries(home: Path) -> dict[tuple[str, str], str]:
 
 @pytest.fixture
 def tiny(corpora, tiny_llama_dir):  # noqa: F811
-    lab_module._LABS.clear()
     yield Path(os.environ["SKILLGRAFT_HOME"]), tiny_llama_dir
-    lab_module._LABS.clear()
 
 
 def test_notebooks_call_the_experiments_the_sweep_plans():
@@ -93,7 +91,6 @@ def test_sweep_matches_a_serial_run_and_the_chapter_then_computes_nothing(tiny, 
     for part in ("corpora",):
         (serial_home / part).symlink_to(home / part)
     monkeypatch.setenv("SKILLGRAFT_HOME", str(serial_home))
-    lab_module._LABS.clear()
     with sweep.torch_threads(1):  # the threads each step was computed with
         for name, params in chapters:
             sweep.CHAPTERS[name](params, chapter_modules.Setting.from_params(**params))
@@ -101,7 +98,6 @@ def test_sweep_matches_a_serial_run_and_the_chapter_then_computes_nothing(tiny, 
     assert {k: v for k, v in swept.items() if k[0] in ("delta", "mask", "probs")} == serial
 
     monkeypatch.setenv("SKILLGRAFT_HOME", str(home))  # after the sweep: nothing is computed
-    lab_module._LABS.clear()
 
     def boom(*a, **k):
         raise AssertionError("a step was computed after the sweep")
@@ -153,7 +149,6 @@ def test_two_workers_racing_on_one_key_leave_one_valid_entry(tiny):
     assert [p.exitcode for p in procs] == [0, 0]
     folder = home / "cache" / "delta"
     assert [p.name for p in folder.iterdir()] == [delta.key]  # one entry, no temporary folder left
-    lab_module._LABS.clear()
     assert chapter_modules.Setting.from_params(**chapter("01", model)[1]).lab().store.load(delta.recipe) is not None
 
 
@@ -185,7 +180,6 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(tiny, tmp_path, monk
     other.mkdir()
     (other / "corpora").symlink_to(home / "corpora")
     monkeypatch.setenv("SKILLGRAFT_HOME", str(other))
-    lab_module._LABS.clear()
     sweep.sweep([chapter("01", model)], workers=1, home=str(other), stream=sys.stderr)
     kinds = ("delta", "mask", "probs")
     assert {k: v for k, v in entries(home).items() if k[0] in kinds} == {
