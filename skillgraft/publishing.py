@@ -45,7 +45,7 @@ PAGES = ("01_single_task_grafting", "02_calibration", "03_ood", "04_multitask", 
 
 def pages(root: Path | None = None) -> dict[str, tuple[Path, dict]]:
     """Each book page with an experiment: its notebook and default parameters."""
-    from .cli import notebook_parameters, repo_root
+    from .parameters import notebook_parameters, repo_root
 
     root = root or repo_root()
     paths = {name: root / "notebooks" / f"{name}.ipynb" for name in PAGES if name != "survey"}
@@ -307,7 +307,7 @@ def plan_report(path: Path, params: dict) -> str:
     the published results, or computed), and an estimate of the compute from measured step costs."""
     from . import sweep
     from .chapters.common import Setting
-    from .cli import notebook_parameters
+    from .parameters import notebook_parameters
     from .recipes import FineTune
 
     full = {**notebook_parameters(path), **params}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from skillgraft import cli
+from skillgraft import cli, parameters
 
 
 @pytest.fixture
@@ -51,13 +51,13 @@ def test_good_parameters_pass_and_ints_count_as_floats(notebook_dir):
 def test_values_are_read_as_yaml(tmp_path):
     pfile = tmp_path / "p.yaml"
     pfile.write_text("steps: 1000\nseeds: [100, 13]\n")
-    params = cli._parse_params([["sparsity", "1e-4"], ["device", "cuda"], ["steps", "5"], ["lrs", "[1e7, 3e-3]"]], [str(pfile)])
+    params = parameters.parse_params([["sparsity", "1e-4"], ["device", "cuda"], ["steps", "5"], ["lrs", "[1e7, 3e-3]"]], [str(pfile)])
     assert params == {"steps": 5, "seeds": [100, 13], "sparsity": 1e-4, "device": "cuda", "lrs": [1e7, 3e-3]}
 
 
 def test_cli_exits_non_zero_and_writes_nothing(notebook_dir, monkeypatch, capsys):
     monkeypatch.chdir(notebook_dir)
-    monkeypatch.setattr(cli, "repo_root", lambda: notebook_dir)
+    monkeypatch.setattr(parameters, "repo_root", lambda: notebook_dir)
     code = cli.main(["run", "01", "-p", "stepz", "3", "--output-dir", str(notebook_dir / "runs")])
     assert code == 2
     assert "unknown parameter 'stepz'" in capsys.readouterr().err
@@ -92,14 +92,14 @@ def test_bad_parameter_files_name_the_file(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     with pytest.raises(cli.UsageError, match=message):
-        cli._parse_params([], [str(bad)])
+        parameters.parse_params([], [str(bad)])
 
 
 def test_missing_parameter_file_and_bad_values_are_usage_errors(tmp_path):
     with pytest.raises(cli.UsageError, match=r"cannot read parameter file .*nope\.yaml"):
-        cli._parse_params([], [str(tmp_path / "nope.yaml")])
+        parameters.parse_params([], [str(tmp_path / "nope.yaml")])
     with pytest.raises(cli.UsageError, match=r"value of -p seeds is not valid YAML: '\[13, 42'"):
-        cli._parse_params([["seeds", "[13, 42"]], [])
+        parameters.parse_params([["seeds", "[13, 42"]], [])
 
 
 def test_compare_seeds_must_be_a_count(capsys):

@@ -16,7 +16,7 @@ from .. import verdicts
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, confidence_words, difference_words, fine_tune_regime, graft_regime, three_models, scores, evidence
 
-__all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "rule", "caveats"]
+__all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "rule", "caveats", "evidence", "reading"]
 
 
 ECE_REDUCTION = 0.40   # the low end of the paper's "40-90% lower calibration error"

@@ -19,7 +19,7 @@ from ..recipes import Difference, Stitch
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, difference_words, fine_tune_regime, graft_regime, pooled, evidence
 
-__all__ = ["forgetting", "CONTINUAL_METHODS", "Continual", "run", "continual", "evaluated", "intervals", "rule", "caveats"]
+__all__ = ["forgetting", "CONTINUAL_METHODS", "Continual", "run", "continual", "evaluated", "intervals", "rule", "caveats", "evidence", "reading"]
 
 
 def run(p: dict, setting: Setting | None = None) -> "Continual":

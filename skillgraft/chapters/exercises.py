@@ -37,8 +37,9 @@ class Exercise:
 
 
 def exercises(page: str | Path) -> list[Exercise]:
-    """The exercises of the teaching page, in order, each with its one command parsed."""
-    from .. import cli
+    """The exercises of the teaching page, in order, each with its one command parsed (by the
+    command line's own parser, so that a command the page shows is one `skillgraft run` accepts)."""
+    from .. import cli, parameters as params_
 
     out = []
     for label, body in _BLOCK.findall(Path(page).read_text()):
@@ -46,8 +47,8 @@ def exercises(page: str | Path) -> list[Exercise]:
         if len(commands) != 1:
             raise ValueError(f"exercise {label} must show exactly one `skillgraft run` command, found {len(commands)}")
         args = cli.build_parser().parse_args(shlex.split(commands[0])[1:])
-        given = cli._parse_params(args.param or [], args.file or [])
-        out.append(Exercise(label, commands[0], cli.resolve_notebook(args.notebook).stem, given))
+        given = params_.parse_params(args.param or [], args.file or [])
+        out.append(Exercise(label, commands[0], params_.resolve_notebook(args.notebook).stem, given))
     if not out:
         raise ValueError(f"{page} holds no exercise with a label")
     return out
@@ -56,11 +57,11 @@ def exercises(page: str | Path) -> list[Exercise]:
 def parameters(ex: Exercise) -> dict:
     """The chapter's full parameters for ``ex``: its notebook's defaults and what the command sets
     (checked as ``skillgraft run`` checks them)."""
-    from .. import cli
+    from .. import parameters as params_
 
-    path = cli.resolve_notebook(ex.chapter)
-    cli.check_parameters(path, ex.given)
-    return {**cli.notebook_parameters(path), **ex.given}
+    path = params_.resolve_notebook(ex.chapter)
+    params_.check_parameters(path, ex.given)
+    return {**params_.notebook_parameters(path), **ex.given}
 
 
 def run(ex: Exercise):

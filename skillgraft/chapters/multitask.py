@@ -20,7 +20,7 @@ from ..recipes import Similarity
 from ..verdicts import Verdict
 from .common import Setting, caveats, fine_tune_regime, graft_regime, evidence
 
-__all__ = ["DISJOINT", "MIN_PAIRS", "MultiTask", "run", "multitask", "mean_overlap", "overlap_summary", "verdict", "rule", "caveats"]
+__all__ = ["DISJOINT", "MIN_PAIRS", "MultiTask", "run", "multitask", "mean_overlap", "overlap_summary", "verdict", "rule", "caveats", "evidence", "reading"]
 
 
 DISJOINT = 0.10        # "almost disjoint": mean asymmetric overlap of two task regions below 10%

@@ -15,7 +15,7 @@ from .. import verdicts
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, difference_words, fine_tune_regime, graft_regime, three_models, pooled, scores
 
-__all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "caveats"]
+__all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "caveats", "evidence", "reading"]
 
 
 def run(p: dict, setting: Setting | None = None) -> "OOD":

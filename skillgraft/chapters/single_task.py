@@ -20,7 +20,7 @@ from ..verdicts import Verdict
 from .common import MASK_VARIANTS, Setting, caveats, fine_tune_regime, graft_regime, records, scores, evidence
 
 __all__ = ["RECOVERY", "NORMALIZED", "SingleTask", "run", "single_task", "recovery_table", "sparsity_to_reach",
-           "intervals", "task_rule", "rule", "caveats", "MASK_VARIANTS"]
+           "intervals", "task_rule", "rule", "caveats", "MASK_VARIANTS", "evidence", "reading"]
 
 
 RECOVERY = 0.95        # the paper's ">95% of the fine-tuned performance"
