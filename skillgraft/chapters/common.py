@@ -171,10 +171,17 @@ def evidence(tasks: list[str], seeds: list[int], test_size: int) -> str:
     from ..tasks import get_task
 
     tasks = list(dict.fromkeys(tasks))
-    families = sorted({get_task(t).family for t in tasks})
     named = ", ".join(f"{t} ({get_task(t).family})" for t in tasks)
-    return (f"{len(tasks)} task{'s' * (len(tasks) != 1)} in {len(families)} famil{'ies' if len(families) != 1 else 'y'}: "
+    return (f"{len(tasks)} task{'s' * (len(tasks) != 1)} in {families(tasks)}: "
             f"{named}; {len(seeds)} data seed{'s' * (len(seeds) != 1)}; {test_size} test examples per task")
+
+
+def families(tasks: list[str]) -> str:
+    """How many task families ``tasks`` span, in words ("2 families", "1 family")."""
+    from ..tasks import get_task
+
+    n = len({get_task(t).family for t in tasks})
+    return f"{n} famil{'ies' if n != 1 else 'y'}"
 
 
 def confidence_words(rows: pd.DataFrame) -> str:

@@ -13,7 +13,7 @@ import pandas as pd
 from .. import tasks as tk
 from .. import verdicts
 from ..verdicts import Interval, Verdict
-from .common import Setting, caveats, difference_words, fine_tune_regime, graft_regime, three_models, pooled, scores
+from .common import Setting, caveats, difference_words, families, fine_tune_regime, graft_regime, three_models, pooled, scores
 
 __all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "caveats", "evidence", "reading"]
 
@@ -117,9 +117,8 @@ def rule(overall: Interval | None, per_target: dict[str, Interval], headroom: In
 def evidence(sources: list[str], targets: list[str], seeds: list[int], test_size: int) -> str:
     """What C3 rests on: the source → target pairs scored, seeds and test examples."""
     pairs = [f"{s} → {t}" for s in sources for t in targets if t != s and same_labels(s, t)]
-    families = sorted({tk.get_task(s).family for s in sources})
-    return (f"{len(pairs)} source → target pairs from {len(sources)} source(s) in {len(families)} famil"
-            f"{'ies' if len(families) != 1 else 'y'} ({', '.join(pairs)}); {len(seeds)} data seeds; "
+    return (f"{len(pairs)} source → target pairs from {len(sources)} source(s) in {families(sources)} "
+            f"({', '.join(pairs)}); {len(seeds)} data seeds; "
             f"{test_size} test examples per target")
 
 

@@ -197,8 +197,8 @@ def reading(result: SingleTask, start: str) -> str:
     table = table[table.start == start]
     acc = table.pivot_table(index="task", columns="variant", values="accuracy")
     moved = int((~g.equals_top_movement).sum())
-    r = result.results
-    share = float(r[(r.variant == "graft") & (r.start == start)].sparsity.mean())
+    res = result.results
+    share = float(res[(res.variant == "graft") & (res.start == start)].sparsity.mean())
     sizes = (f"from base patches of {g.base_size.min():,}–{g.base_size.max():,} entries to "
              f"{g['size'].min():,}–{g['size'].max():,}" if g.base_size.nunique() > 1 else
              f"from a base patch of {g.base_size.iloc[0]:,} entries to {g['size'].min():,}–{g['size'].max():,}")
@@ -217,7 +217,6 @@ def reading(result: SingleTask, start: str) -> str:
             f"{moved} of {len(g)} kept masks differ from the top-movement mask of their size. On the test set "
             f"(mean accuracy over seeds, in points), the graft against unoptimized masks of its own final size: "
             f"{per_task}; {close}.")
-
 
 
 def compare_starts(result: SingleTask) -> tuple[pd.DataFrame, str | None]:
