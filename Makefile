@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh machine:
 #   make book   executes the notebooks on the embedded model and builds the book (_build/html)
-#   make test   the staleness guard, then a spot check beside the unit tests and nbval, then a book build
+#   make test   unit tests, the staleness guard, a spot check, nbval over the notebooks, a book build
 # Both read the published results (results/) where the local store has nothing: minutes, not hours.
 # Each target installs what it needs first and is quick when nothing changed.
 PYTHON ?= python3
@@ -68,26 +68,16 @@ nbval: guard
 publish: setup
 	$(BIN)/skillgraft publish
 
-# Everything from nothing: the published results off, an empty store of its own, every chapter computed,
-# then nbval against the same committed notebooks.
+# Everything from nothing: the published results off, a store of its own, every chapter computed, then nbval
+# against the same committed notebooks. Hours on a laptop: a run that is stopped resumes where it stopped (its
+# store keeps every finished step); `make reproduce FRESH=1` starts again from an empty store.
 reproduce: setup
-	rm -rf "$(SKILLGRAFT_HOME)/reproduce"
+	$(if $(FRESH),rm -rf "$(SKILLGRAFT_HOME)/reproduce")
 	@export SKILLGRAFT_RESULTS=off SKILLGRAFT_STORE="$(SKILLGRAFT_HOME)/reproduce"; \
 	for nb in notebooks/[0-9][0-9]_*.ipynb book/survey.ipynb; do $(BIN)/skillgraft run $$nb --output-dir runs/reproduce || exit 1; done; \
 	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/survey.ipynb
 
-# The spot check (minutes of compute) runs beside the unit tests and nbval (seconds of compute each), its log
-# printed when all are done: torch's threads wait passively while the cores are shared, and the spot check's
-# bits do not depend on what else runs. A failing unit test or nbval stops the spot check.
-test: guard
-	@mkdir -p runs && rm -f runs/spotcheck.log runs/spotcheck.rc
-	@echo "spot check: started beside the unit tests and nbval (log: runs/spotcheck.log, printed at the end)"
-	@( OMP_WAIT_POLICY=PASSIVE $(BIN)/skillgraft spotcheck > runs/spotcheck.log 2>&1; echo $$? > runs/spotcheck.rc ) & \
-	spot=$$!; \
-	OMP_WAIT_POLICY=PASSIVE $(MAKE) --no-print-directory unit nbval; rc=$$?; \
-	if [ $$rc -ne 0 ]; then pkill -P $$spot 2>/dev/null; kill $$spot 2>/dev/null; fi; wait $$spot; \
-	cat runs/spotcheck.log; \
-	[ $$rc -eq 0 ] && [ "$$(cat runs/spotcheck.rc 2>/dev/null)" = 0 ]
+test: unit guard spotcheck nbval
 	$(BIN)/skillgraft book --no-execute
 
 # Speed and memory ratios in one run (about 10 minutes; run it with nothing else on the machine).
