@@ -78,6 +78,16 @@ def _check_values(params: dict) -> None:
     from .models import resolve_device
 
     known = set(tasks.list_tasks())
+    sequences = params.get("sequences")
+    if sequences is not None:
+        if not isinstance(sequences, (list, tuple)) or not sequences \
+                or not all(isinstance(q, (list, tuple)) for q in sequences):
+            raise UsageError(f"parameter 'sequences' is a non-empty list of task lists, e.g. [['mr', 'trec', 'sms']], "
+                             f"got {sequences!r}")
+        for q in sequences:
+            _check_values({"sequence": q})
+        if len({tuple(q) for q in sequences}) != len(sequences):
+            raise UsageError(f"parameter 'sequences' repeats a sequence ({sequences!r}); give each once")
     for name, value in params.items():
         if name in TASK_PARAMETERS:
             if isinstance(value, (list, tuple)):

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .metrics import rank_correlation
 
 __all__ = [
     "VARIANT_COLORS", "MODULE_COLORS", "variant_palette",
-    "accuracy_vs_sparsity", "mask_location", "reliability_diagrams", "metric_bars",
-    "ood_accuracy", "heatmap", "heatmaps", "similarity_vs_overlap",
+    "accuracy_vs_sparsity", "accuracy_by_task", "mask_location", "reliability_diagrams", "metric_bars",
+    "ood_accuracy", "heatmap", "heatmaps", "similarity_vs_overlap", "VERDICT_COLORS", "forest", "claims_matrix",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,12 @@ def accuracy_vs_sparsity(df: pd.DataFrame, variants: Sequence[str] = ("graft", "
     tasks = _order(df["task"])
     colors = variant_palette(list(df["variant"]))
     n_seeds = df["seed"].nunique()
-    fig, axes = _grid(1, len(tasks), title or f"Accuracy of masked models vs sparsity (mean ± sd over {n_seeds} seed(s))")
-    for ax, task in zip(axes[0], tasks):
+    cols = min(len(tasks), _MAX_COLS)
+    rows = -(-len(tasks) // cols)
+    fig, axes = _grid(rows, cols, title or f"Accuracy of masked models vs sparsity (mean ± sd over {n_seeds} seed(s))")
+    for ax in axes.ravel()[len(tasks):]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.ravel(), tasks):
         sub = df[df["task"] == task]
         for v in _order(masked["variant"], variants):
             g = sub[(sub["variant"] == v) & sub["sparsity"].notna()].groupby("sparsity")["accuracy"].agg(["mean", "std"])
@@ -143,15 +147,50 @@ def accuracy_vs_sparsity(df: pd.DataFrame, variants: Sequence[str] = ("graft", "
                     markerfacecolor="white" if v != "graft" else colors[v], markeredgewidth=1.5,
                     color=colors[v], label=v, zorder=4 if v == "graft" else 3)
             ax.fill_between(x, g["mean"] - sd, g["mean"] + sd, color=colors[v], alpha=0.2, linewidth=0)
-        for v in references:
+        for v, style in zip(references, ("--", (0, (1, 1.5)))):  # above the mask lines, told apart by their dashes
             ref = sub.loc[sub["variant"] == v, "accuracy"]
             if len(ref):
-                ax.axhline(ref.mean(), color=colors.get(v, "black"), linestyle="--", label=f"{v} (mean)")
+                ax.axhline(ref.mean(), color=colors.get(v, "black"), linestyle=style, linewidth=2, zorder=5,
+                           label=f"{v} (mean)")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10))  # decades only: their labels never run into each other
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
         ax.set(title=task, xlabel="mask size (% of graftable parameters)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
     _figure_legend(fig, axes)
+    return fig
+
+
+def accuracy_by_task(df: pd.DataFrame, variants: Sequence[str] = ("zero-shot", "fine-tuned", "graft", "top-movement",
+                                                                  "random"), title: str | None = None) -> Figure:
+    """Test accuracy of each variant on each task, one row per task (mean over seeds, a bar of ±1 sd):
+    a grid of many tasks reads on one narrow figure. Frame: columns ``task, seed, variant, accuracy``."""
+    _require(df, ["task", "seed", "variant", "accuracy"], "accuracy_by_task")
+    sub = df[df["variant"].isin(variants)]
+    if sub.empty:
+        raise ValueError(f"accuracy_by_task: no rows of variants {list(variants)}; present: {sorted(df.variant.unique())}")
+    tasks, present = _order(sub["task"]), _order(sub["variant"], variants)
+    colors = variant_palette(present)
+    stats = sub.groupby(["task", "variant"])["accuracy"].agg(["mean", "std"])
+    fig, ax = plt.subplots(figsize=(_WIDTH * 0.8, 1.2 + 0.45 * len(tasks)), layout="constrained")
+    offsets = np.linspace(-0.28, 0.28, len(present)) if len(present) > 1 else [0.0]
+    for off, v in zip(offsets, present):
+        marker, _ = _MARKERS.get(v, ("o", "-"))
+        for i, task in enumerate(tasks):
+            if (task, v) not in stats.index:
+                continue
+            m, sd = stats.loc[(task, v)]
+            ax.errorbar(m, i + off, xerr=0 if np.isnan(sd) else sd, fmt=marker, color=colors[v], ms=6,
+                        markerfacecolor="white" if v in ("top-movement", "random") else colors[v],
+                        label=v if i == 0 else None, capsize=2)
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_ylim(len(tasks) - 0.5, -0.5)
+    ax.set_xlabel("test accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    n_seeds = sub["seed"].nunique()
+    ax.set_title(_wrap(title or f"Test accuracy by task (mean ± sd over {n_seeds} seed(s))", _WIDTH * 0.8))
+    _figure_legend(fig, [ax])
     return fig
 
 
@@ -386,7 +425,7 @@ def heatmaps(matrices: Mapping[str, pd.DataFrame], title: str, fmt: str = ".2f",
 
 def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: str = "task similarity",
                           ylabel: str = "region overlap") -> Figure:
-    """Scatter of task-pair similarity against region overlap, points labelled by pair.
+    """Scatter of task-pair similarity against region overlap, points numbered, the numbers keyed by pair below.
 
     Frame: columns ``pair, similarity, overlap`` and optionally ``kind`` (colour, e.g.
     "sentiment–sentiment"). The title reports Spearman's rho over all pairs.
@@ -396,12 +435,13 @@ def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: st
     hue = "kind" if "kind" in df else None
     sns.scatterplot(data=df, x="similarity", y="overlap", hue=hue, s=50, ax=ax,
                     palette=sns.color_palette("colorblind", df[hue].nunique()) if hue else None)
-    ax.margins(x=0.25, y=0.2)  # room for the labels inside the axes
-    mid = df["similarity"].mean()
-    for _, row in df.iterrows():
-        right = row["similarity"] <= mid  # labels point to the middle, never past the frame
-        ax.annotate(str(row["pair"]), (row["similarity"], row["overlap"]), xytext=(6 if right else -6, 4),
-                    textcoords="offset points", fontsize=10, ha="left" if right else "right", annotation_clip=False)
+    ax.margins(x=0.1, y=0.15)
+    # points are numbered, and the numbers keyed below the axes: names of many pairs would pile up
+    for n, (_, row) in enumerate(df.iterrows(), start=1):
+        ax.annotate(str(n), (row["similarity"], row["overlap"]), xytext=(4, 3), textcoords="offset points",
+                    fontsize=9, annotation_clip=False)
+    key = ",  ".join(f"{n} {pair}" for n, pair in enumerate(df["pair"], start=1))
+    fig.text(0.5, 0, _wrap(key, 5.2, 9), ha="center", va="top", fontsize=9, transform=fig.transFigure)
     head = title or "Region overlap vs task similarity"
     if len(df) >= 3:
         rc = rank_correlation(df["similarity"], df["overlap"])
@@ -411,4 +451,57 @@ def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: st
         head += f"\n(n = {len(df)} pairs: too few for a rank correlation)"
     ax.set(title=head, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
+    return fig
+
+
+# ----------------------------------------------------------------------------- many tasks
+VERDICT_COLORS: dict[str, str] = {"holds": "#009E73", "fails": "#D55E00", "inconclusive": "#E69F00",
+                                  "not testable here": "#DDDDDD"}
+
+
+def forest(df: pd.DataFrame, title: str, xlabel: str, threshold: float = 0.0, scale: float = 1.0) -> Figure:
+    """A forest plot: one row per ``label`` (tasks, then a row ``pooled``), its ``estimate`` with the
+    interval ``low``–``high`` (times ``scale``), coloured by ``verdict``; a dashed line at the claim's
+    ``threshold``. Columns: label, estimate, low, high, verdict."""
+    _require(df, ["label", "estimate", "low", "high", "verdict"], "forest")
+    rows = df.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(_WIDTH, 0.8 + 0.38 * len(rows)), layout="constrained")
+    y = np.arange(len(rows))[::-1]
+    for yi, (_, r) in zip(y, rows.iterrows()):
+        colour = VERDICT_COLORS.get(r.verdict, "#000000")
+        pooled = r.label == "pooled"
+        ax.plot([scale * r.low, scale * r.high], [yi, yi], color=colour, lw=3 if pooled else 2)
+        ax.plot(scale * r.estimate, yi, marker="D" if pooled else "o", color=colour, ms=8 if pooled else 6)
+    ax.axvline(scale * threshold, color="#555555", ls="--", lw=1)
+    ax.set_yticks(y, [f"{r.label}  ({r.verdict})" for _, r in rows.iterrows()])
+    ax.set_xlabel(xlabel)
+    ax.set_title(_wrap(title, _WIDTH))
+    return fig
+
+
+def claims_matrix(df: pd.DataFrame, title: str) -> Figure:
+    """Claims × tasks: each cell the verdict of a claim on a task, as colour and text ("–" where the
+    claim was not run on that task). Columns: claim, task, verdict."""
+    _require(df, ["claim", "task", "verdict"], "claims_matrix")
+    claims, tasks = _order(df.claim), _order(df.task)
+    grid = df.pivot_table(index="claim", columns="task", values="verdict", aggfunc="first").reindex(
+        index=claims, columns=tasks)
+    width = min(_WIDTH, 1.2 + 0.75 * len(tasks))
+    fig, ax = plt.subplots(figsize=(width, 0.9 + 0.5 * len(claims)), layout="constrained")
+    short = {"holds": "holds", "fails": "fails", "inconclusive": "incon.", "not testable here": "n/t"}
+    for i, claim in enumerate(claims):
+        for j, task in enumerate(tasks):
+            v = grid.loc[claim, task]
+            known = isinstance(v, str)
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, color=VERDICT_COLORS.get(v, "#FFFFFF") if known else "#FFFFFF",
+                                       ec="white", lw=2))
+            ax.text(j + 0.5, i + 0.5, short.get(v, v) if known else "–", ha="center", va="center", fontsize=8)
+    ax.set_xlim(0, len(tasks))
+    ax.set_ylim(len(claims), 0)
+    ax.set_xticks(np.arange(len(tasks)) + 0.5, tasks, rotation=45, ha="right")
+    ax.set_yticks(np.arange(len(claims)) + 0.5, claims)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(_wrap(title + " (n/t: not testable here)", width))
     return fig

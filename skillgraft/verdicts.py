@@ -21,7 +21,7 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "no_room", "Interval", "Verdict", "bootstrap", "accuracy_interval", "accuracy_gap", "ece_gap",
+__all__ = ["VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "no_room", "across", "tally", "forest_frame", "Interval", "Verdict", "bootstrap", "accuracy_interval", "accuracy_gap", "ece_gap",
            "ece_reduction"]
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTABLE = "holds", "fails", "inconclusive", "not testable here"
@@ -78,6 +78,45 @@ def no_room(claim: str, reasons: list[str], room: "Interval | None", what: str, 
         return None
     reasons.append(f"{what} {room.fmt('+.1f', 100, ' pt')}")
     return Verdict(claim, UNTESTABLE, tuple(reasons + [why])) if room.sign <= 0 else None
+
+
+def across(claim: str, pooled: "Verdict", per_task: dict[str, "Verdict"], untested: dict[str, str] | None = None,
+           unit: str = "task") -> "Verdict":
+    """A claim judged on many tasks (or sequences: ``unit``). The verdict is ``pooled``'s: the chapter's rule on
+    intervals pooled over the tested tasks, each task × seed one bootstrap group, so that every task weighs by its
+    test examples; the reasons add the tally of the same rule on each tested task, and name the ``untested`` ones
+    (task → why it tests nothing, e.g. fine-tuning did not beat zero-shot). Not testable here with no tested task."""
+    untested = dict(untested or {})
+    skipped = [f"not tested: {t} ({why})" for t, why in sorted(untested.items())]
+    if not per_task:
+        return Verdict(claim, UNTESTABLE, tuple(skipped + [f"no {unit} tests {claim} here"]))
+    n = len(per_task)
+    counts = [f"{v} on {sum(p.verdict == v for p in per_task.values())} ({', '.join(t for t, p in per_task.items() if p.verdict == v)})"
+              for v in VERDICTS if any(p.verdict == v for p in per_task.values())]
+    reasons = [f"pooled over the {n} tested {unit}s ({', '.join(per_task)}):" if n > 1
+               else f"on the one tested {unit} ({next(iter(per_task))}):"]
+    reasons += list(pooled.reasons)
+    reasons.append(f"{unit} by {unit}: " + "; ".join(counts))
+    return Verdict(claim, pooled.verdict, tuple(reasons + skipped))
+
+
+def forest_frame(per_task: dict[str, "Interval"], verdicts_: dict[str, str], pooled: "Interval | None",
+                 pooled_verdict: str) -> "pd.DataFrame":
+    """Rows for a forest plot (:func:`skillgraft.plots.forest`): each task's interval of the claim's key
+    number with its verdict ("not testable here" for a task left out), then the pooled one."""
+    import pandas as pd
+
+    rows = [dict(label=t, estimate=i.estimate, low=i.low, high=i.high, verdict=verdicts_.get(t, UNTESTABLE))
+            for t, i in per_task.items()]
+    if pooled is not None:
+        rows.append(dict(label="pooled", estimate=pooled.estimate, low=pooled.low, high=pooled.high,
+                         verdict=pooled_verdict))
+    return pd.DataFrame(rows, columns=["label", "estimate", "low", "high", "verdict"])
+
+
+def tally(per_task: dict[str, "Verdict"]) -> dict[str, int]:
+    """How many tasks each verdict has, in the order of :data:`VERDICTS` (absent ones left out)."""
+    return {v: n for v in VERDICTS if (n := sum(p.verdict == v for p in per_task.values()))}
 
 
 @dataclass(frozen=True)

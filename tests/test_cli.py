@@ -1,6 +1,8 @@
 """The command line: parameter checks before any computation, clear errors, non-zero exits."""
 from __future__ import annotations
 
+import re
+
 import nbformat
 import pytest
 
@@ -100,6 +102,18 @@ def test_missing_parameter_file_and_bad_values_are_usage_errors(tmp_path):
         parameters.parse_params([], [str(tmp_path / "nope.yaml")])
     with pytest.raises(cli.UsageError, match=r"value of -p seeds is not valid YAML: '\[13, 42'"):
         parameters.parse_params([["seeds", "[13, 42"]], [])
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[]", "parameter 'sequences' is a non-empty list of task lists"),
+    ('["mr", "sms"]', "parameter 'sequences' is a non-empty list of task lists"),
+    ('[["mr", "nope"]]', "parameter 'sequence': unknown task 'nope'"),
+    ('[["mr", "sms", "mr"]]', "parameter 'sequence' names 'mr' more than once"),
+    ('[["mr", "sms"], ["mr", "sms"]]', "parameter 'sequences' repeats a sequence"),
+])
+def test_bad_sequences_are_refused(value, message):
+    with pytest.raises(cli.UsageError, match=re.escape(message)):
+        parameters._check_values({"sequences": parameters._value(value)})
 
 
 def test_compare_seeds_must_be_a_count(capsys):

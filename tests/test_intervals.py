@@ -44,6 +44,23 @@ def test_single_task_intervals_gain_recovery_share_kept_and_random():
     assert c01.intervals(SimpleNamespace(probs=probs), "refine", 1e-5, n_boot=50) == {}
 
 
+def test_single_task_pooled_intervals_weigh_tasks_by_their_test_examples():
+    probs = {}
+    for task, graft in (("mr", 0.9), ("sms", 0.7)):
+        for seed in (13, 21):
+            probs[task, seed, None, np.nan, "zero-shot"] = right_on(0.5)
+            probs[task, seed, None, np.nan, "fine-tuned"] = right_on(1.0)
+            probs[task, seed, "grow", np.nan, "graft"] = right_on(graft)
+            probs[task, seed, "grow", np.nan, "random"] = right_on(0.5)
+    result = SimpleNamespace(probs=probs)
+    both = c01.pooled_intervals(result, "grow", 1e-4, ["mr", "sms"], n_boot=200)
+    assert both["recovery"].estimate == pytest.approx(0.8)        # (0.9 + 0.7) / 2 over equal test sets
+    assert both["normalized"].estimate == pytest.approx(0.6)      # (0.8 − 0.5) / (1.0 − 0.5)
+    assert c01.pooled_intervals(result, "grow", 1e-4, ["mr"], n_boot=200) == c01.intervals(result, "grow", 1e-4,
+                                                                                         n_boot=200)["mr"]
+    assert c01.pooled_intervals(result, "grow", 1e-4, [], n_boot=50) is None
+
+
 def test_calibration_intervals_pool_tasks_and_seeds():
     probs = {}
     for task in ("mr", "sms"):
@@ -61,6 +78,22 @@ def test_calibration_intervals_pool_tasks_and_seeds():
     assert c02.intervals(SimpleNamespace(probs={}), n_boot=50) == (None, None)
 
 
+def test_calibration_gains_and_the_tested_tasks_pool():
+    probs = {}
+    for task, (zero, tuned) in {"mr": (0.5, 0.8), "sms": (0.8, 0.8)}.items():
+        for seed in (13, 21):
+            probs[task, seed, "zero-shot"] = right_on(zero)
+            probs[task, seed, "fine-tuned"] = right_on(tuned, confidence=0.99)
+            probs[task, seed, "graft"] = right_on(0.9 if task == "mr" else 0.8, confidence=0.9)
+    cal = SimpleNamespace(probs=probs)
+    g = c02.gains(cal, n_boot=200)
+    assert g["mr"].estimate == pytest.approx(0.3) and g["mr"].sign > 0 and g["sms"].estimate == 0 and g["sms"].sign == 0
+    only_mr = c02.intervals(cal, tasks=["mr"], n_boot=200)
+    assert only_mr[1].estimate == pytest.approx(metrics.ece(*right_on(0.8, confidence=0.99)))  # the graft's ECE is 0
+    v = c02.verdict(cal, n_boot=200)
+    assert "on the one tested task (mr):" in v.report() and "not tested: sms" in v.report()
+
+
 def test_ood_intervals_per_pair_and_pooled_per_source():
     probs = {}
     for seed in (13, 21):
@@ -74,6 +107,39 @@ def test_ood_intervals_per_pair_and_pooled_per_source():
     assert overall.estimate == pytest.approx(0.1)                          # the two targets pooled
     only_in = {k: v for k, v in probs.items() if k[1] == "mr"}
     assert c03.intervals(SimpleNamespace(probs=only_in), n_boot=50) == (None, {})
+
+
+def test_ood_verdict_source_by_source():
+    probs = {}
+    for seed in (13, 21):
+        for source, target, (z, f, g) in (("mr", "imdb-sent", (0.5, 0.8, 0.9)), ("sms", "spamassassin", (0.5, 0.5, 0.5))):
+            for variant, share in (("zero-shot", z), ("fine-tuned", f), ("graft", g)):
+                probs[source, target, seed, variant] = right_on(share)
+    result = SimpleNamespace(probs=probs)
+    assert c03.headroom(result, ["mr"], n_boot=200).estimate == pytest.approx(0.3)
+    assert c03.intervals(result, ["sms"], n_boot=200)[0].estimate == pytest.approx(0.0)
+    v = c03.verdict(result, n_boot=200)
+    assert v.verdict == "holds" and "on the one tested source (mr):" in v.report()
+    assert "not tested: sms (fine-tuning gained nothing" in v.report()
+
+
+def test_continual_pooled_over_sequences():
+    def result(forgot: float):
+        R = pd.DataFrame(np.eye(2), columns=["mr", "sms"])
+        probs = {}
+        for seed in (13, 21):
+            for method, after in (("sequential", 0.9 - forgot), ("graft (task known)", 0.9)):
+                probs[seed, method, 0, 0] = right_on(0.9)
+                probs[seed, method, 1, 0] = right_on(after)
+                probs[seed, method, 1, 1] = right_on(0.8)
+        return SimpleNamespace(matrices={"sequential": R}, probs=probs)
+    a, b = result(0.4), result(0.2)
+    assert c05.name(a) == "mr → sms"
+    bwt, _ = c05.pooled_intervals([a, b], n_boot=200)
+    assert bwt.estimate == pytest.approx(0.3)                      # (0.4 + 0.2) / 2 over equal test sets
+    assert c05.pooled_forgetting([a, b], n_boot=200).estimate == pytest.approx(0.3)
+    assert c05.pooled_intervals([a], n_boot=200) == c05.intervals(a, n_boot=200)
+    assert c05.verdict([a, b], n_boot=200).verdict == "holds"
 
 
 def test_continual_intervals_backward_transfer_and_final_accuracy():
@@ -120,3 +186,80 @@ def test_mean_overlap_is_the_off_diagonal_mean():
     m = pd.DataFrame([[1.0, 0.2, 0.4], [0.6, 1.0, 0.0], [0.0, 0.8, 1.0]])
     assert c04.mean_overlap(m) == pytest.approx(2.0 / 6)
     assert c04.mean_overlap(pd.DataFrame([[1.0]])) is None
+
+
+def test_single_task_by_task_and_forest_rows():
+    probs, rows = {}, []
+    for task, graft, tuned in (("mr", 0.9, 1.0), ("sms", 0.7, 1.0), ("cr", 0.5, 0.5)):
+        for seed in (13, 21):
+            for variant, start, share in (("zero-shot", None, 0.5), ("fine-tuned", None, tuned),
+                                          ("graft", "grow", graft), ("random", "grow", 0.5)):
+                probs[task, seed, start, np.nan, variant] = right_on(share)
+                rows.append(dict(task=task, seed=seed, start=start, target=np.nan, variant=variant, accuracy=share,
+                                 mask_size=10 if start else np.nan))
+    result = SimpleNamespace(probs=probs, results=pd.DataFrame(rows))
+    table = c01.by_task(result, "grow", 1e-4, n_boot=100).set_index("task")
+    assert list(table.index) == ["cr", "mr", "sms", "pooled"]
+    assert table.loc["cr", "verdict"] == "not testable here"              # fine-tuning gained nothing on cr
+    assert table.loc["mr", "recovery"].startswith("90.0%") and table.loc["pooled", "recovery"].startswith("80.0%")
+    assert table.loc["pooled", "graft"] == pytest.approx(0.8) and table.loc["mr", "family"] == "sentiment"
+    forest = c01.forest(result, "grow", 1e-4, n_boot=100)
+    assert list(forest.label) == ["cr", "mr", "sms", "pooled"]
+    assert forest.set_index("label").loc["pooled", "estimate"] == pytest.approx(0.8)
+    assert forest.set_index("label").loc["cr", "verdict"] == "not testable here"
+
+
+def test_calibration_by_task_and_forest_rows():
+    probs, rows = {}, []
+    for task, (zero, tuned) in {"mr": (0.5, 0.8), "cr": (0.5, 0.8), "sms": (0.8, 0.8)}.items():
+        for seed in (13, 21):
+            for variant, share, conf in (("zero-shot", zero, 0.9), ("fine-tuned", tuned, 0.99), ("graft", 0.9, 0.9)):
+                probs[task, seed, variant] = right_on(share, confidence=conf)
+                rows.append(dict(task=task, seed=seed, variant=variant, ece=metrics.ece(*probs[task, seed, variant]),
+                                 confidence=conf, accuracy=share))
+    cal = SimpleNamespace(probs=probs, results=pd.DataFrame(rows))
+    table = c02.by_task(cal, n_boot=100).set_index("task")
+    assert list(table.index) == ["mr", "cr", "sms", "pooled"]
+    assert table.loc["sms", "verdict"] == "not testable here" and table.loc["pooled", "seeds"] == 2
+    assert table.loc["mr", "ece_fine_tuned"] == pytest.approx(0.19) and table.loc["mr", "reduction"].startswith("100%")
+    forest = c02.forest(cal, n_boot=100).set_index("label")
+    assert list(forest.index) == ["mr", "cr", "sms", "pooled"] and forest.loc["pooled", "estimate"] == pytest.approx(1.0)
+
+
+def test_ood_by_source_and_forest_rows():
+    probs = {}
+    for seed in (13, 21):
+        for source, target, (z, f, g) in (("mr", "imdb-sent", (0.5, 0.8, 0.9)), ("cr", "imdb-sent", (0.5, 0.7, 0.7)),
+                                          ("sms", "spamassassin", (0.5, 0.5, 0.5))):
+            for variant, share in (("zero-shot", z), ("fine-tuned", f), ("graft", g)):
+                probs[source, target, seed, variant] = right_on(share)
+    result = SimpleNamespace(probs=probs)
+    table = c03.by_source(result, n_boot=100).set_index("source")
+    assert list(table.index) == ["cr", "mr", "sms", "pooled"]
+    assert table.loc["sms", "verdict"] == "not testable here" and table.loc["mr", "targets"] == "imdb-sent"
+    assert table.loc["pooled", "graft_minus_fine_tuned"].startswith("+5.0 pt")   # (+10 and 0) pooled
+    forest = c03.forest(result, n_boot=100).set_index("label")
+    assert forest.loc["pooled", "estimate"] == pytest.approx(0.05) and forest.loc["sms", "verdict"] == "not testable here"
+
+
+def test_continual_by_sequence_forest_and_merged():
+    def result(tasks, forgot: float):
+        R = pd.DataFrame(np.eye(2), columns=tasks)
+        probs = {}
+        for seed in (13, 21):
+            for method, after in (("sequential", 0.9 - forgot), ("graft (task known)", 0.9)):
+                probs[seed, method, 0, 0] = right_on(0.9)
+                probs[seed, method, 1, 0] = right_on(after)
+                probs[seed, method, 1, 1] = right_on(0.8)
+        frame = pd.DataFrame(dict(seed=[13], fit=[True]))
+        return c05.Continual({"sequential": R}, frame, frame, frame, probs, frame, frame)
+    a, b, c = result(["mr", "trec"], 0.4), result(["subj", "bbc"], 0.2), result(["sms", "cr"], 0.0)
+    table = c05.by_sequence([a, b, c], n_boot=100).set_index("sequence")
+    assert list(table.index) == ["mr → trec", "subj → bbc", "sms → cr", "pooled"]
+    assert table.loc["sms → cr", "verdict"] == "not testable here" and table.loc["mr → trec", "families"] == "2 families"
+    assert table.loc["pooled", "backward_transfer_gap"].startswith("+30.0 pt")
+    forest = c05.forest([a, b, c], n_boot=100).set_index("label")
+    assert forest.loc["pooled", "estimate"] == pytest.approx(0.3)
+    both = c05.merged([a, b])
+    assert list(both.matrices) == ["mr → trec: sequential", "subj → bbc: sequential"]
+    assert list(both.regime.columns[:1]) == ["sequence"] and len(both.regime) == 2

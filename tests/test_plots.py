@@ -197,3 +197,48 @@ def test_similarity_vs_overlap(tmp_path):
     assert "Spearman ρ = 1.00" in fig.axes[0].get_title()
     assert len(fig.axes[0].texts) == 4  # every pair labelled
     _save(fig, tmp_path, "similarity")
+
+
+def test_forest_marks_each_task_and_the_pool(tmp_path):
+    df = pd.DataFrame(dict(label=["mr", "sms", "pooled"], estimate=[0.99, 0.96, 0.975], low=[0.96, 0.93, 0.955],
+                           high=[1.02, 0.99, 0.99], verdict=["holds", "inconclusive", "holds"]))
+    fig = plots.forest(df, "Recovery, graft / fine-tuned accuracy", "recovery (%)", threshold=0.95, scale=100)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["mr  (holds)", "sms  (inconclusive)", "pooled  (holds)"]
+    assert [t.get_position()[1] for t in ax.get_yticklabels()] == [2, 1, 0]  # the first task on top, the pool last
+    lines = [l for l in ax.get_lines() if len(l.get_xdata()) == 2 and l.get_xdata()[0] != l.get_xdata()[1]]
+    assert sorted(tuple(np.round(l.get_xdata(), 6)) for l in lines) == [(93.0, 99.0), (95.5, 99.0), (96.0, 102.0)]
+    assert ax.get_lines()[-1].get_xdata()[0] == pytest.approx(95.0)  # the claim's threshold
+    _save(fig, tmp_path, "forest")
+    with pytest.raises(ValueError, match="lacks column"):
+        plots.forest(df.drop(columns="verdict"), "x", "y")
+
+
+def test_claims_matrix_colours_and_names_every_cell(tmp_path):
+    df = pd.DataFrame(dict(claim=["C1", "C1", "C2"], task=["mr", "sms", "mr"],
+                           verdict=["holds", "not testable here", "fails"]))
+    fig = plots.claims_matrix(df, "Verdicts by task")
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["fails", "holds", "n/t", "–"]  # C2 was not run on sms
+    colours = {p.get_facecolor()[:3] for p in fig.axes[0].patches}
+    assert len(colours) == 4  # holds, fails, not testable, not run
+    _save(fig, tmp_path, "claims")
+
+
+def test_accuracy_by_task_one_row_per_task(single_task, tmp_path):
+    fig = plots.accuracy_by_task(single_task)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(dict.fromkeys(single_task.task))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "graft" in labels and "fine-tuned" in labels
+    _save(fig, tmp_path, "by_task")
+    with pytest.raises(ValueError, match="no rows of variants"):
+        plots.accuracy_by_task(single_task, variants=("nothing",))
+
+
+def test_similarity_vs_overlap_keys_numbered_points():
+    pairs = [f"t{i}–t{j}" for i in range(6) for j in range(i + 1, 6)]  # 15 pairs
+    df = pd.DataFrame(dict(pair=pairs, similarity=np.linspace(0, 1, 15), overlap=np.linspace(0.1, 0.3, 15)))
+    fig = plots.similarity_vs_overlap(df)
+    assert [t.get_text() for t in fig.axes[0].texts] == [str(n) for n in range(1, 16)]
+    assert "15 t4–t5" in fig.texts[0].get_text() and "1 t0–t1" in fig.texts[0].get_text()

@@ -92,7 +92,7 @@ def test_continual_reading_says_whether_there_was_anything_to_forget():
     regions = pd.DataFrame(dict(region_size=[120, 3400]))
     result = continual.Continual({"sequential": R}, summary, regions)
     text = continual.reading(result, Interval(0.1, 0.05, 0.15))
-    assert "mr → sms" in text and "+10.0 points [+5.0, +15.0]" in text and "something to forget less of" in text
+    assert "mr → sms" in text and "+10.0 points [+5.0, +15.0]" in text and "forgetting for a graft to reduce" in text
     assert "sequential: backward transfer -10.0 points" in text and "120–3,400 entries" in text
     assert "nothing to protect" in continual.reading(result, Interval(-0.1, -0.15, -0.05))
     assert continual.reading(result, None).startswith("A sequence of one task")

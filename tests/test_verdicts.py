@@ -68,23 +68,32 @@ def _c1(gain=(0.1, 0.05, 0.15), recovery=(0.99, 0.96, 1.02), normalized=(0.9, 0.
 
 
 def test_c1_rules():
-    assert c01.rule({"a": _c1(), "b": _c1()}).verdict == "holds"
+    # one tested task: its own intervals decide
+    assert c01.rule({"a": _c1()}).verdict == "holds"
     # the point estimate clears 95% but the interval reaches below: the data cannot decide
     assert c01.rule({"a": _c1(recovery=(0.97, 0.93, 1.0))}).verdict == "inconclusive"
-    # holds on one tested task, fails on the other: the claim (on every task) fails
-    mixed = {"a": _c1(), "b": _c1(recovery=(0.9, 0.85, 0.94))}
-    assert c01.rule(mixed).verdict == "fails" and "b: recovery" in c01.rule(mixed).report()
     assert c01.rule({"a": _c1(recovery=(0.9, 0.85, 0.94))}).verdict == "fails"
     # no better than a random mask of the same size: inconclusive; worse than it: fails
     assert c01.rule({"a": _c1(vs_random=(0.0, -0.02, 0.02))}).verdict == "inconclusive"
     assert c01.rule({"a": _c1(vs_random=(-0.05, -0.08, -0.02))}).verdict == "fails"
     assert c01.rule({"a": _c1(normalized=(0.3, 0.1, 0.45))}).verdict == "fails"    # keeps less than half the gain
-    # a task where fine-tuning did not gain does not count; with no gain anywhere: not testable here
+    # several tested tasks: the pooled intervals decide, each task's own verdict is tallied beside them
+    mixed = {"a": _c1(), "b": _c1(recovery=(0.9, 0.85, 0.94)), "c": _c1(recovery=(0.97, 0.93, 1.0))}
+    pooled = c01.rule(mixed, pooled=_c1(recovery=(0.96, 0.951, 0.99)))
+    assert pooled.verdict == "holds"
+    assert "task by task: holds on 1 (a); fails on 1 (b); inconclusive on 1 (c)" in pooled.report()
+    assert "pooled over the 3 tested tasks (a, b, c):\n- recovery 96.0% [95.1%, 99.0%]" in pooled.report()
+    assert c01.rule(mixed, pooled=_c1(recovery=(0.95, 0.93, 0.97))).verdict == "inconclusive"
+    assert c01.rule(mixed, pooled=_c1(recovery=(0.92, 0.90, 0.94))).verdict == "fails"
+    with pytest.raises(ValueError, match="pooled intervals"):
+        c01.rule(mixed)
+    # a task where fine-tuning did not gain tests nothing, and is named; with no gain anywhere: not testable here
     untested = c01.rule({"a": _c1(gain=(0.01, -0.02, 0.04))})
-    assert untested.verdict == "not testable here" and "cannot be tested" in untested.report()
+    assert untested.verdict == "not testable here" and "not tested: a (fine-tuning did not beat" in untested.report()
     assert c01.rule({}).verdict == "not testable here"              # an empty selection
-    assert c01.rule({"a": _c1(), "b": _c1(gain=(0.0, -0.1, 0.1), recovery=(0.5, 0.4, 0.6))}).verdict \
-        == "holds"                                                        # the untested task is left out
+    one = c01.rule({"a": _c1(), "b": _c1(gain=(0.0, -0.1, 0.1), recovery=(0.5, 0.4, 0.6))})
+    assert one.verdict == "holds" and "not tested: b" in one.report()  # the untested task is left out of the pool
+    assert vd.tally(c01.task_verdicts(mixed)) == {"holds": 1, "fails": 1, "inconclusive": 1}
 
 
 def test_c2_rules():
@@ -98,6 +107,18 @@ def test_c2_rules():
     assert c02.rule(None, None).verdict == "not testable here"
 
 
+def test_c2_over_many_tasks():
+    good, bad = (Interval(0.6, 0.4, 0.8), Interval(0.05, 0.03, 0.07)), (Interval(0.2, 0.1, 0.3), Interval(0.02, 0.01, 0.03))
+    gained, flat = Interval(0.1, 0.05, 0.15), Interval(0.0, -0.03, 0.03)
+    v = c02.rule_across({"a": good, "b": bad, "c": bad}, good, {"a": gained, "b": gained, "c": flat})
+    assert v.verdict == "holds"  # the pool of a and b decides
+    assert "task by task: holds on 1 (a); fails on 1 (b)" in v.report()
+    assert "not tested: c (fine-tuning did not beat zero-shot" in v.report()
+    assert c02.rule_across({"a": good}, bad, {"a": gained}).verdict == "fails"
+    none = c02.rule_across({"c": good}, (None, None), {"c": flat})
+    assert none.verdict == "not testable here" and "no task tests C2" in none.report()
+
+
 def test_c3_rules():
     up, zero, down = Interval(0.03, 0.01, 0.05), Interval(0.0, -0.02, 0.02), Interval(-0.03, -0.05, -0.01)
     assert c03.rule(up, {"x": up, "y": zero}).verdict == "holds"
@@ -107,6 +128,17 @@ def test_c3_rules():
     no_room = c03.rule(up, {"x": up}, headroom=Interval(0.01, -0.01, 0.03))  # fine-tuning gained nothing OOD
     assert no_room.verdict == "not testable here" and "no room" in no_room.report()
     assert c03.rule(up, {"x": up}, headroom=up).verdict == "holds"
+
+
+def test_c3_over_many_sources():
+    up, zero, down = Interval(0.03, 0.01, 0.05), Interval(0.0, -0.02, 0.02), Interval(-0.03, -0.05, -0.01)
+    per = {"mr": (up, {"mr→imdb": up}, up), "cr": (down, {"cr→imdb": down}, up),
+           "sms": (up, {"sms→spam": up}, zero), "bbc": (None, {}, None)}
+    v = c03.rule_across(per, (zero, {"mr→imdb": up, "cr→imdb": down}, up))
+    assert v.verdict == "inconclusive" and "source by source: holds on 1 (mr); fails on 1 (cr)" in v.report()
+    assert "not tested: sms (fine-tuning gained nothing" in v.report()
+    assert "not tested: bbc (no out-of-distribution target" in v.report()
+    assert c03.rule_across({"sms": per["sms"]}, None).verdict == "not testable here"
 
 
 def test_c4_rules():
@@ -130,6 +162,17 @@ def test_c5_rules():
     assert c05.rule(None, None).verdict == "not testable here"
     nothing = c05.rule(up, zero, forgetting=Interval(0.007, -0.01, 0.02))
     assert nothing.verdict == "not testable here" and "forgot nothing" in nothing.report()
+
+
+def test_c5_over_many_sequences():
+    up, zero, down = Interval(0.03, 0.01, 0.05), Interval(0.0, -0.02, 0.02), Interval(-0.03, -0.05, -0.01)
+    per = {"mr → trec → sms": (up, zero, up), "subj → bbc → cr": (down, up, up), "sms → mr": (up, zero, zero),
+           "mr": (None, None, None)}
+    v = c05.rule_across(per, (up, zero, up))
+    assert v.verdict == "holds" and "sequence by sequence: holds on 1 (mr → trec → sms); fails on 1" in v.report()
+    assert "not tested: sms → mr (sequential fine-tuning forgot nothing" in v.report()
+    assert "not tested: mr (a sequence of one task)" in v.report()
+    assert c05.rule_across({"sms → mr": per["sms → mr"]}, None).verdict == "not testable here"
 
 
 def test_verdict_names_are_checked():

@@ -16,7 +16,7 @@ from .. import verdicts
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, confidence_words, difference_words, fine_tune_regime, graft_regime, three_models, scores, evidence
 
-__all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "rule", "caveats", "evidence", "reading"]
+__all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "gains", "tested", "rule", "rule_across", "verdict", "by_task", "forest", "caveats", "evidence", "reading"]
 
 
 ECE_REDUCTION = 0.40   # the low end of the paper's "40-90% lower calibration error"
@@ -67,15 +67,81 @@ def calibration(tasks: list[str], seeds: list[int], sparsity: float, setting: Se
                        fine_tune_regime(lab, dspecs), graft_regime(lab, gspecs))
 
 
-def intervals(cal: Calibration, n_bins: int = 10, against: str = "fine-tuned", **kw) -> tuple:
-    """(relative ECE reduction, ECE gap) of the graft against ``against``, over all tasks and
-    seeds (each task × seed a bootstrap group), for :func:`rule`."""
+def intervals(cal: Calibration, n_bins: int = 10, against: str = "fine-tuned", tasks: list[str] | None = None,
+              **kw) -> tuple:
+    """(relative ECE reduction, ECE gap) of the graft against ``against``, over ``tasks`` (default:
+    all) and seeds pooled (each task × seed a bootstrap group), for :func:`rule`; (None, None) for none."""
     groups = [(cal.probs[t, s, "graft"][0], cal.probs[t, s, against][0], cal.probs[t, s, "graft"][1])
-              for t, s, v in cal.probs if v == "graft"]
+              for t, s, v in cal.probs if v == "graft" and (tasks is None or t in tasks)]
     if not groups:
         return None, None
     return verdicts.ece_reduction(groups, n_bins, **kw), verdicts.ece_gap(groups, n_bins, **kw)
 
+
+def gains(cal: Calibration, **kw) -> dict[str, Interval]:
+    """Per task, fine-tuned − zero-shot test accuracy over its seeds: a task tests C2 only where it is
+    above zero (fine-tuning learned something for the graft to keep)."""
+    out = {}
+    for task in dict.fromkeys(t for t, _, v in cal.probs if v == "graft"):
+        seeds = [s for t, s, v in cal.probs if t == task and v == "graft"]
+        out[task] = verdicts.accuracy_gap([(cal.probs[task, s, "fine-tuned"][0], cal.probs[task, s, "zero-shot"][0],
+                                            cal.probs[task, s, "zero-shot"][1]) for s in seeds], **kw)
+    return out
+
+
+def tested(cal: Calibration, **kw) -> list[str]:
+    """The tasks that test C2: fine-tuning beat zero-shot (:func:`gains` above zero)."""
+    return [t for t, g in gains(cal, **kw).items() if g.sign > 0]
+
+
+def verdict(cal: Calibration, n_bins: int = 10, **kw) -> Verdict:
+    """C2 on this result: per task and pooled over the tested tasks (:func:`rule_across`)."""
+    g = gains(cal, **kw)
+    per = {t: intervals(cal, n_bins, tasks=[t], **kw) for t in g}
+    return rule_across(per, intervals(cal, n_bins, tasks=[t for t in g if g[t].sign > 0], **kw), g)
+
+
+def by_task(cal: Calibration, n_bins: int = 10, **kw) -> pd.DataFrame:
+    """One row per task and one pooled over the tested tasks: the evidence of C2 (family, seeds, the
+    fine-tuned and grafted models' ECE and confidence, the gain of fine-tuning) with its intervals and verdict."""
+    from ..tasks import get_task
+
+    g = gains(cal, **kw)
+    names = [t for t in g if g[t].sign > 0]
+    r = cal.results
+    rows = []
+    for task in list(g) + (["pooled"] if len(names) > 1 else []):
+        on = names if task == "pooled" else [task]
+        red, gap = intervals(cal, n_bins, tasks=on, **kw)
+        sub = r[r.task.isin(on)]
+        mean = lambda v, col: sub.loc[sub.variant == v, col].mean()
+        rows.append(dict(task=task, family="—" if task == "pooled" else get_task(task).family,
+                         seeds=sub.seed.nunique(), gain="—" if task == "pooled" else g[task].fmt("+.1f", 100, " pt"),
+                         ece_fine_tuned=mean("fine-tuned", "ece"), ece_graft=mean("graft", "ece"),
+                         confidence_fine_tuned=mean("fine-tuned", "confidence"), confidence_graft=mean("graft", "confidence"),
+                         ece_gap=gap.fmt("+.3f"), reduction=red.fmt(".0%"),
+                         verdict=(rule(red, gap).verdict if task == "pooled" or task in names else verdicts.UNTESTABLE)))
+    return pd.DataFrame(rows)
+
+
+def forest(cal: Calibration, n_bins: int = 10, **kw) -> pd.DataFrame:
+    """Relative ECE reduction by task and pooled, with verdicts, for :func:`skillgraft.plots.forest`."""
+    g = gains(cal, **kw)
+    names = [t for t in g if g[t].sign > 0]
+    per = {t: intervals(cal, n_bins, tasks=[t], **kw) for t in g}
+    pooled = intervals(cal, n_bins, tasks=names, **kw) if len(names) > 1 else None
+    return verdicts.forest_frame({t: v[0] for t, v in per.items()}, {t: rule(*per[t]).verdict for t in names},
+                                 pooled[0] if pooled else None, rule(*pooled).verdict if pooled else verdicts.UNTESTABLE)
+
+
+def rule_across(per_task: dict[str, tuple], pooled: tuple, gains_: dict[str, Interval]) -> Verdict:
+    """C2 over many tasks: :func:`rule` on the intervals pooled over the tested tasks (``pooled``, from
+    :func:`intervals` with ``tasks``), each tested task's :func:`rule` on its own intervals
+    (``per_task``) tallied beside it (:func:`skillgraft.verdicts.across`). A task tests C2 only where
+    fine-tuning beat zero-shot (its ``gains_`` interval above zero)."""
+    names = [t for t in per_task if gains_[t].sign > 0]
+    untested = {t: "fine-tuning did not beat zero-shot: no skill to keep" for t in per_task if t not in names}
+    return verdicts.across("C2", rule(*pooled) if names else None, {t: rule(*per_task[t]) for t in names}, untested)
 
 
 def rule(reduction: Interval | None, gap: Interval | None) -> Verdict:

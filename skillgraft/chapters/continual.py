@@ -17,15 +17,22 @@ from ..lab import Variant
 from ..models import num_graftable
 from ..recipes import Difference, Stitch
 from ..verdicts import Interval, Verdict
-from .common import Setting, caveats, difference_words, fine_tune_regime, graft_regime, pooled, evidence
+from .common import Setting, caveats, difference_words, families, fine_tune_regime, graft_regime, pooled, evidence
 
-__all__ = ["forgetting", "CONTINUAL_METHODS", "Continual", "run", "continual", "evaluated", "intervals", "rule", "caveats", "evidence", "reading"]
+__all__ = ["forgetting", "CONTINUAL_METHODS", "Continual", "run", "continual", "continual_many", "evaluated", "intervals", "pooled_intervals", "pooled_forgetting",
+           "name", "verdict", "rule", "rule_across", "merged", "by_sequence", "forest", "caveats", "evidence", "reading"]
 
 
-def run(p: dict, setting: Setting | None = None) -> "Continual":
-    """The chapter from its notebook's parameters (as the notebook calls it)."""
-    return continual(p["sequence"], p["seeds"], p["claim_sparsity"], setting or Setting.from_params(**p),
-                     with_multitask=p["with_multitask"])
+def run(p: dict, setting: Setting | None = None) -> list["Continual"]:
+    """The chapter from its notebook's parameters (as the notebook calls it): one result per sequence."""
+    return continual_many(p["sequences"], p["seeds"], p["claim_sparsity"], setting or Setting.from_params(**p),
+                          with_multitask=p["with_multitask"])
+
+
+def continual_many(sequences: list[list[str]], seeds: list[int], sparsity: float, setting: Setting,
+                   with_multitask: bool = False) -> list["Continual"]:
+    """:func:`continual` for each of ``sequences``."""
+    return [continual(q, seeds, sparsity, setting, with_multitask=with_multitask) for q in sequences]
 
 
 # ---------------------------------------------------------------------------- 05: continual learning
@@ -120,13 +127,22 @@ def evaluated(t: int, j: int, T: int) -> bool:
     return j <= t or j <= T - 2
 
 
-def intervals(result: Continual, method: str = "graft (task known)", **kw) -> tuple:
-    """(BWT gap, final average accuracy gap) of ``method`` − sequential, over seeds and test
-    examples, for :func:`rule`; (None, None) for a one-task sequence."""
-    T = len(next(iter(result.matrices.values())).columns)
+def _sequence(result: Continual) -> list[str]:
+    return list(next(iter(result.matrices.values())).columns)
+
+
+def name(result: Continual) -> str:
+    """The sequence as its reader writes it: mr → trec → sms."""
+    return " → ".join(_sequence(result))
+
+
+def _groups(result: Continual, method: str) -> tuple[list, list]:
+    """Per seed, the bootstrap groups of (backward transfer, final average accuracy) of ``method``
+    against sequential fine-tuning; empty for a one-task sequence."""
+    T = len(_sequence(result))
     seeds = sorted({k[0] for k in result.probs})
     if T < 2:
-        return None, None
+        return [], []
     p = lambda seed, m, t, j: result.probs[seed, m, t, j][0]
     bwt, final = [], []
     for seed in seeds:
@@ -136,21 +152,110 @@ def intervals(result: Continual, method: str = "graft (task known)", **kw) -> tu
                             for j in range(T - 1)]))
         final.append(pooled([(p(seed, method, T - 1, j), p(seed, "sequential", T - 1, j),
                                result.probs[seed, "sequential", j, j][1]) for j in range(T)]))
+    return bwt, final
+
+
+def _interval_pair(bwt: list, final: list, **kw) -> tuple:
+    if not bwt:
+        return None, None
     return (verdicts.accuracy_interval(bwt, lambda a, b, c, d: (a - b) - (c - d), **kw),
             verdicts.accuracy_gap(final, **kw))
+
+
+def intervals(result: Continual, method: str = "graft (task known)", **kw) -> tuple:
+    """(BWT gap, final average accuracy gap) of ``method`` − sequential, over seeds and test
+    examples, for :func:`rule`; (None, None) for a one-task sequence."""
+    return _interval_pair(*_groups(result, method), **kw)
+
+
+def pooled_intervals(results: list[Continual], method: str = "graft (task known)", **kw) -> tuple:
+    """The same over several sequences pooled (each sequence × seed one bootstrap group)."""
+    parts = [_groups(r, method) for r in results]
+    return _interval_pair([g for b, _ in parts for g in b], [g for _, f in parts for g in f], **kw)
+
+
+def _forgetting_groups(result: Continual, method: str) -> list:
+    T = len(_sequence(result))
+    if T < 2:
+        return []
+    seeds = sorted({k[0] for k in result.probs})
+    return [pooled([(result.probs[seed, method, j, j][0], result.probs[seed, method, T - 1, j][0],
+                     result.probs[seed, method, j, j][1]) for j in range(T - 1)]) for seed in seeds]
 
 
 def forgetting(result: Continual, method: str = "sequential", **kw) -> Interval | None:
     """How much ``method`` forgets: the mean over earlier tasks j of R[j, j] − R[T, j] (accuracy on
     task j just after learning it, minus at the end), over seeds and test examples; None for a
     one-task sequence."""
-    T = len(next(iter(result.matrices.values())).columns)
-    if T < 2:
-        return None
-    seeds = sorted({k[0] for k in result.probs})
-    groups = [pooled([(result.probs[seed, method, j, j][0], result.probs[seed, method, T - 1, j][0],
-                       result.probs[seed, method, j, j][1]) for j in range(T - 1)]) for seed in seeds]
-    return verdicts.accuracy_gap(groups, **kw)
+    groups = _forgetting_groups(result, method)
+    return verdicts.accuracy_gap(groups, **kw) if groups else None
+
+
+def pooled_forgetting(results: list[Continual], method: str = "sequential", **kw) -> Interval | None:
+    """:func:`forgetting` over several sequences pooled (each sequence × seed one bootstrap group)."""
+    groups = [g for r in results for g in _forgetting_groups(r, method)]
+    return verdicts.accuracy_gap(groups, **kw) if groups else None
+
+
+def verdict(results: list[Continual], method: str = "graft (task known)", **kw) -> Verdict:
+    """C5 sequence by sequence and pooled over the sequences that test it (:func:`rule_across`)."""
+    per = {name(r): (*intervals(r, method, **kw), forgetting(r, **kw)) for r in results}
+    tested = [r for r in results if per[name(r)][2] is not None and per[name(r)][2].sign > 0]
+    return rule_across(per, (*pooled_intervals(tested, method, **kw), pooled_forgetting(tested, **kw))
+                       if tested else None)
+
+
+def merged(results: list[Continual]) -> Continual:
+    """Several sequences' results as one, for the tables: every frame with a ``sequence`` column first,
+    the matrices keyed "sequence: method" (probs are left per sequence: intervals read each result)."""
+    def cat(frames, names):
+        frames = [f.assign(sequence=n) for f, n in zip(frames, names) if f is not None]
+        out = pd.concat(frames, ignore_index=True)
+        return out[["sequence"] + [c for c in out.columns if c != "sequence"]]
+    names = [name(r) for r in results]
+    return Continual({f"{n}: {m}": R for n, r in zip(names, results) for m, R in r.matrices.items()},
+                     cat([r.summary for r in results], names), cat([r.regions for r in results], names),
+                     cat([r.per_seed for r in results], names), {},
+                     cat([r.regime for r in results], names), cat([r.grafts for r in results], names))
+
+
+def by_sequence(results: list[Continual], method: str = "graft (task known)", **kw) -> pd.DataFrame:
+    """One row per sequence and one pooled over those that test C5: the evidence (families crossed,
+    seeds), the forgetting of sequential fine-tuning, graft − sequential backward transfer and final
+    average accuracy, and the verdict."""
+    per = {name(r): (*intervals(r, method, **kw), forgetting(r, **kw)) for r in results}
+    tested = [r for r in results if per[name(r)][2] is not None and per[name(r)][2].sign > 0]
+    rows = [(name(r), per[name(r)], [r], any(r is t for t in tested)) for r in results]
+    if len(tested) > 1:
+        rows.append(("pooled", (*pooled_intervals(tested, method, **kw), pooled_forgetting(tested, **kw)), tested, True))
+    fmt = lambda i: i.fmt("+.1f", 100, " pt") if i is not None else "—"
+    return pd.DataFrame([dict(sequence=label, families=families([t for r in on for t in _sequence(r)]),
+                              seeds=len({k[0] for r in on for k in r.probs}), forgetting=fmt(forgot),
+                              backward_transfer_gap=fmt(bwt), final_accuracy_gap=fmt(acc),
+                              verdict=rule(bwt, acc, forgot).verdict if counts else verdicts.UNTESTABLE)
+                         for label, (bwt, acc, forgot), on, counts in rows])
+
+
+def forest(results: list[Continual], method: str = "graft (task known)", **kw) -> pd.DataFrame:
+    """Graft − sequential backward transfer by sequence and pooled, for :func:`skillgraft.plots.forest`."""
+    per = {name(r): (*intervals(r, method, **kw), forgetting(r, **kw)) for r in results}
+    tested = [r for r in results if per[name(r)][2] is not None and per[name(r)][2].sign > 0]
+    pool = (*pooled_intervals(tested, method, **kw), pooled_forgetting(tested, **kw)) if len(tested) > 1 else None
+    return verdicts.forest_frame({n: v[0] for n, v in per.items() if v[0] is not None},
+                                 {name(r): rule(*per[name(r)]).verdict for r in tested},
+                                 pool[0] if pool else None, rule(*pool).verdict if pool else verdicts.UNTESTABLE)
+
+
+def rule_across(per_sequence: dict[str, tuple], pooled: tuple | None) -> Verdict:
+    """C5 over several sequences: :func:`rule` on the intervals pooled over the sequences in which
+    plain sequential fine-tuning forgot (``pooled``: BWT gap, accuracy gap, forgetting), each such
+    sequence's :func:`rule` tallied beside it (:func:`skillgraft.verdicts.across`); a sequence with
+    nothing forgotten (or of one task) tests nothing, and is named."""
+    names = [n for n, (_, _, f) in per_sequence.items() if f is not None and f.sign > 0]
+    untested = {n: "a sequence of one task" if per_sequence[n][2] is None
+                else "sequential fine-tuning forgot nothing measurable" for n in per_sequence if n not in names}
+    return verdicts.across("C5", rule(*pooled) if names else None, {n: rule(*per_sequence[n]) for n in names},
+                           untested, unit="sequence")
 
 
 def _stitched_variant(lab, stages, mspecs, t: int, sparsity: float) -> Variant:
@@ -173,7 +278,7 @@ def rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None, forgetting: I
     reasons = [f"backward transfer, graft − sequential {bwt_gap.fmt('+.1f', 100, ' pt')}",
                f"final average accuracy, graft − sequential {accuracy_gap_.fmt('+.1f', 100, ' pt')}"]
     blocked = verdicts.no_room("C5", reasons, forgetting, "forgetting of plain sequential fine-tuning",
-                               "sequential fine-tuning forgot nothing measurable: nothing to forget less of")
+                               "sequential fine-tuning forgot nothing measurable, so there was no forgetting for a graft to reduce")
     if blocked:
         return blocked
     less = verdicts.side(bwt_gap)
@@ -195,7 +300,7 @@ def reading(result: Continual, forgetting_: Interval | None) -> str:
     r = result.regions
     return (f"**Reading the result.** Learning {' → '.join(seq)} in turn, plain sequential fine-tuning forgot "
             f"{forgetting_.fmt('+.1f', 100, ' points')} of the earlier tasks' accuracy: "
-            + difference_words(forgetting_, "there was something to forget less of",
+            + difference_words(forgetting_, "there was forgetting for a graft to reduce",
                                "it gained on them, so there was nothing to protect")
             + f". Means over seeds: {methods}. The task-known grafts hold "
               f"{r.region_size.min():,}–{r.region_size.max():,} entries per stage (the regions table).")

@@ -149,15 +149,17 @@ def _multitask(result, p: dict) -> str:
     return f"pair overlaps {pairs}; {'; '.join(verdict.reasons)}{alt}; verdict: {verdict.verdict}"
 
 
-def _continual(result, p: dict) -> str:
+def _continual(results, p: dict) -> str:
     from . import continual as ch
 
-    bwt, acc = ch.intervals(result)
-    verdict = ch.rule(bwt, acc)
-    s = result.summary.set_index("method")
-    rows = ", ".join(f"{m}: average accuracy {s.loc[m, 'average_accuracy']:.3f}, backward transfer "
-                     f"{s.loc[m, 'backward_transfer']:+.3f}" for m in ("sequential", "graft (task known)"))
-    return f"{rows}; {'; '.join(verdict.reasons)}; verdict: {verdict.verdict}"
+    verdict = ch.verdict(results)
+    parts = []
+    for r in results:
+        s = r.summary.set_index("method")
+        parts.append(f"{ch.name(r)}: " + ", ".join(
+            f"{m}: average accuracy {s.loc[m, 'average_accuracy']:.3f}, backward transfer "
+            f"{s.loc[m, 'backward_transfer']:+.3f}" for m in ("sequential", "graft (task known)")))
+    return f"{'; '.join(parts)}; {'; '.join(verdict.reasons)}; verdict: {verdict.verdict}"
 
 
 _MEASURED = {"01_single_task_grafting": _single_task, "02_calibration": _calibration, "03_ood": _ood,

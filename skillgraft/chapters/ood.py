@@ -15,7 +15,8 @@ from .. import verdicts
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, difference_words, families, fine_tune_regime, graft_regime, three_models, pooled, scores
 
-__all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "caveats", "evidence", "reading"]
+__all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "rule_across", "verdict", "by_source", "forest", "caveats", "evidence",
+           "reading"]
 
 
 def run(p: dict, setting: Setting | None = None) -> "OOD":
@@ -62,10 +63,11 @@ def ood(sources: list[str], targets: list[str], seeds: list[int], sparsity: floa
     return OOD(pd.DataFrame(rows), kept, fine_tune_regime(lab, dspecs), graft_regime(lab, gspecs))
 
 
-def intervals(result: OOD, **kw) -> tuple:
-    """(overall, per target pair) intervals of graft − fine-tuned accuracy out of distribution,
-    for :func:`rule`; overall pools every OOD target of a source and seed."""
-    pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "graft"})
+def intervals(result: OOD, sources: list[str] | None = None, **kw) -> tuple:
+    """(overall, per target pair) intervals of graft − fine-tuned accuracy out of distribution from
+    ``sources`` (default: all), for :func:`rule`; overall pools every OOD target of a source and seed."""
+    pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "graft"
+                    and (sources is None or s in sources)})
     seeds = sorted({seed for _, _, seed, _ in result.probs})
     def group(s, t, seed):
         return (result.probs[s, t, seed, "graft"][0], result.probs[s, t, seed, "fine-tuned"][0],
@@ -81,10 +83,12 @@ def intervals(result: OOD, **kw) -> tuple:
 
 
 
-def headroom(result: OOD, **kw) -> Interval | None:
-    """Fine-tuned − zero-shot accuracy over every OOD target of each source (pooled per source and
-    seed): what fine-tuning gained out of distribution, hence what a graft could keep (None: no target)."""
-    pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "fine-tuned"})
+def headroom(result: OOD, sources: list[str] | None = None, **kw) -> Interval | None:
+    """Fine-tuned − zero-shot accuracy over every OOD target of each of ``sources`` (default: all; pooled
+    per source and seed): what fine-tuning gained out of distribution, hence what a graft could keep
+    (None: no target)."""
+    pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "fine-tuned"
+                    and (sources is None or s in sources)})
     seeds = sorted({seed for _, _, seed, _ in result.probs})
     if not pairs:
         return None
@@ -112,6 +116,58 @@ def rule(overall: Interval | None, per_target: dict[str, Interval], headroom: In
     blocked = verdicts.no_room("C3", reasons, headroom, "fine-tuned − zero-shot accuracy on the targets",
                                "fine-tuning gained nothing out of distribution: no room for the graft")
     return blocked or Verdict("C3", verdicts.side(overall), tuple(reasons))
+
+
+def verdict(result: OOD, **kw) -> Verdict:
+    """C3 source by source and pooled over the sources that test it (:func:`rule_across`)."""
+    sources = sorted({s for s, t, _, v in result.probs if s != t and v == "graft"})
+    per = {s: (*intervals(result, [s], **kw), headroom(result, [s], **kw)) for s in sources}
+    room = [s for s in sources if per[s][2] is not None and per[s][2].sign > 0]
+    return rule_across(per, (*intervals(result, room, **kw), headroom(result, room, **kw)) if room else None)
+
+
+def by_source(result: OOD, **kw) -> pd.DataFrame:
+    """One row per source and one pooled over the sources that test C3: the evidence (family, targets,
+    seeds), the headroom of fine-tuning out of distribution, graft − fine-tuned over its targets, the verdict."""
+    sources = sorted({s for s, t, _, v in result.probs if s != t and v == "graft"})
+    per = {s: (*intervals(result, [s], **kw), headroom(result, [s], **kw)) for s in sources}
+    room = [s for s in sources if per[s][2] is not None and per[s][2].sign > 0]
+    rows = []
+    for source in sources + (["pooled"] if len(room) > 1 else []):
+        on = room if source == "pooled" else [source]
+        overall, per_target, room_ = (*intervals(result, on, **kw), headroom(result, on, **kw))
+        rows.append(dict(source=source, family="—" if source == "pooled" else tk.get_task(source).family,
+                         targets=", ".join(sorted({p.split("→")[1] for p in per_target})),
+                         seeds=len({seed for _, _, seed, _ in result.probs}),
+                         headroom=room_.fmt("+.1f", 100, " pt") if room_ is not None else "—",
+                         graft_minus_fine_tuned=overall.fmt("+.1f", 100, " pt") if overall is not None else "—",
+                         verdict=(rule(overall, per_target, room_).verdict if source == "pooled" or source in room
+                                  else verdicts.UNTESTABLE)))
+    return pd.DataFrame(rows)
+
+
+def forest(result: OOD, **kw) -> pd.DataFrame:
+    """Graft − fine-tuned accuracy out of distribution by source and pooled, for :func:`skillgraft.plots.forest`."""
+    sources = sorted({s for s, t, _, v in result.probs if s != t and v == "graft"})
+    per = {s: (*intervals(result, [s], **kw), headroom(result, [s], **kw)) for s in sources}
+    room = [s for s in sources if per[s][2] is not None and per[s][2].sign > 0]
+    pooled = (*intervals(result, room, **kw), headroom(result, room, **kw)) if len(room) > 1 else None
+    return verdicts.forest_frame({s: v[0] for s, v in per.items() if v[0] is not None},
+                                 {s: rule(*per[s]).verdict for s in room},
+                                 pooled[0] if pooled else None, rule(*pooled).verdict if pooled else verdicts.UNTESTABLE)
+
+
+def rule_across(per_source: dict[str, tuple], pooled: tuple | None) -> Verdict:
+    """C3 over many sources: :func:`rule` on the intervals pooled over the sources whose fine-tuning
+    gained out of distribution (``pooled``: overall, per target, headroom over those sources), each such
+    source's :func:`rule` tallied beside it (:func:`skillgraft.verdicts.across`); a source whose
+    fine-tuning gained nothing on its targets (headroom not above zero) tests nothing, and is named."""
+    names = [s for s, (_, _, room) in per_source.items() if room is not None and room.sign > 0]
+    untested = {s: "no out-of-distribution target of its classes" if per_source[s][0] is None
+                else "fine-tuning gained nothing on its targets: no room for the graft"
+                for s in per_source if s not in names}
+    return verdicts.across("C3", rule(*pooled) if names else None, {s: rule(*per_source[s]) for s in names},
+                           untested, unit="source")
 
 
 def evidence(sources: list[str], targets: list[str], seeds: list[int], test_size: int) -> str:

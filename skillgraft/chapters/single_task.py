@@ -20,7 +20,7 @@ from ..verdicts import Verdict
 from .common import MASK_VARIANTS, Setting, caveats, fine_tune_regime, graft_regime, records, scores, evidence
 
 __all__ = ["RECOVERY", "NORMALIZED", "SingleTask", "run", "single_task", "recovery_table", "sparsity_to_reach",
-           "intervals", "task_rule", "rule", "caveats", "MASK_VARIANTS", "evidence", "reading"]
+           "intervals", "pooled_intervals", "tested", "task_rule", "task_verdicts", "rule", "verdict", "by_task", "forest", "caveats", "MASK_VARIANTS", "evidence", "reading"]
 
 
 RECOVERY = 0.95        # the paper's ">95% of the fine-tuned performance"
@@ -128,57 +128,128 @@ def sparsity_to_reach(results: pd.DataFrame, share: float = 0.95, variant: str =
     return pd.DataFrame(rows)
 
 
+def _groups(result: SingleTask, task: str, start: str, target: float) -> list[tuple]:
+    """One bootstrap group per seed of ``task``: (graft, fine-tuned, zero-shot, random, labels) test arrays."""
+    keys = [k for k in result.probs if k[0] == task and k[2] == start and k[4] == "graft"
+            and (start == "grow" or np.isclose(k[3], target))]
+    groups = []
+    for _, seed, _, tgt, _ in keys:
+        p = lambda s, t, v: result.probs[task, seed, s, t, v][0]
+        groups.append((p(start, tgt, "graft"), p(None, np.nan, "fine-tuned"), p(None, np.nan, "zero-shot"),
+                       p(start, tgt, "random"), result.probs[task, seed, None, np.nan, "zero-shot"][1]))
+    return groups
+
+
+def _c1_intervals(groups: list[tuple], **kw) -> dict:
+    return {
+        "gain": verdicts.accuracy_interval(groups, lambda g, f, z, r: f - z, **kw),
+        "recovery": verdicts.accuracy_interval(groups, lambda g, f, z, r: g / f, **kw),
+        "normalized": verdicts.accuracy_interval(groups, lambda g, f, z, r: (g - z) / (f - z) if f != z else np.nan, **kw),
+        "vs_random": verdicts.accuracy_interval(groups, lambda g, f, z, r: g - r, **kw)}
+
+
 def intervals(result: SingleTask, start: str, target: float, **kw) -> dict[str, dict]:
     """Per task, the bootstrap intervals C1 is judged on (:func:`rule`): gain of
     fine-tuning over zero-shot, recovery, share of the gain kept, graft − random of its size."""
     out = {}
     for task in sorted({k[0] for k in result.probs}):
-        keys = [k for k in result.probs if k[0] == task and k[2] == start and k[4] == "graft"
-                and (start == "grow" or np.isclose(k[3], target))]
-        if not keys:
-            continue
-        groups = []
-        for _, seed, _, tgt, _ in keys:
-            p = lambda s, t, v: result.probs[task, seed, s, t, v][0]
-            groups.append((p(start, tgt, "graft"), p(None, np.nan, "fine-tuned"), p(None, np.nan, "zero-shot"),
-                           p(start, tgt, "random"), result.probs[task, seed, None, np.nan, "zero-shot"][1]))
-        out[task] = {
-            "gain": verdicts.accuracy_interval(groups, lambda g, f, z, r: f - z, **kw),
-            "recovery": verdicts.accuracy_interval(groups, lambda g, f, z, r: g / f, **kw),
-            "normalized": verdicts.accuracy_interval(groups, lambda g, f, z, r: (g - z) / (f - z) if f != z else np.nan, **kw),
-            "vs_random": verdicts.accuracy_interval(groups, lambda g, f, z, r: g - r, **kw)}
+        groups = _groups(result, task, start, target)
+        if groups:
+            out[task] = _c1_intervals(groups, **kw)
     return out
 
 
+def pooled_intervals(result: SingleTask, start: str, target: float, tasks: list[str], **kw) -> dict | None:
+    """The same intervals over ``tasks`` pooled (each task × seed one bootstrap group; accuracies over
+    all their test examples), for :func:`rule`; None for no task."""
+    groups = [g for task in tasks for g in _groups(result, task, start, target)]
+    return _c1_intervals(groups, **kw) if groups else None
+
+
+def tested(tasks: dict[str, dict]) -> list[str]:
+    """The tasks that test C1: fine-tuning beat zero-shot (the gain's interval above zero)."""
+    return sorted(t for t, v in tasks.items() if v["gain"].sign > 0)
+
 
 def task_rule(v: dict) -> str:
-    """C1 on one task where fine-tuning gained: recovery ≥ 95% (its interval against 95%), the
-    graft ahead of a random mask of its size, and more than half of the gain kept (each interval
-    against its threshold). Holds when all three hold, fails when one fails, else inconclusive."""
+    """C1 on one task (or a pool of tasks) where fine-tuning gained: recovery ≥ 95% (its interval against
+    95%), the graft ahead of a random mask of its size, and more than half of the gain kept (each
+    interval against its threshold). Holds when all three hold, fails when one fails, else inconclusive."""
     recovery = (verdicts.HOLDS if v["recovery"].low >= RECOVERY else verdicts.FAILS if v["recovery"].high < RECOVERY
                 else verdicts.INCONCLUSIVE)
     return verdicts.combine([recovery, verdicts.side(v["vs_random"]), verdicts.side(v["normalized"], NORMALIZED)])
 
 
-def rule(tasks: dict[str, dict]) -> Verdict:
-    """C1 from per-task intervals: ``gain`` (fine-tuned − zero-shot accuracy), ``recovery``
-    (graft / fine-tuned accuracy), ``normalized`` (share of the gain kept) and ``vs_random``
-    (graft − random mask of the graft's size).
+def _judged(v: dict) -> Verdict:
+    return Verdict("C1", task_rule(v), (f"recovery {v['recovery'].fmt('.1%')}, share of the gain kept "
+                                        f"{v['normalized'].fmt('.0%')}, graft − random "
+                                        f"{v['vs_random'].fmt('+.1f', 100, ' pt')}",))
 
-    A task tests C1 only where fine-tuning gained (gain interval above zero); on it,
-    :func:`task_rule`. Over the tested tasks: holds when it holds on every one, fails when it
-    fails on one, else inconclusive; not testable here when no task gained."""
-    tested = {t: v for t, v in tasks.items() if v["gain"].sign > 0}
-    reasons = [f"fine-tuning beat zero-shot (interval above zero) on {len(tested)} of {len(tasks)} task(s)"
-               + (f": {', '.join(sorted(tested))}" if tested else "")]
-    if not tested:
-        return Verdict("C1", verdicts.UNTESTABLE, tuple(reasons + ["with no gain to recover, C1 cannot be tested"]))
-    per = {}
-    for t, v in sorted(tested.items()):
-        per[t] = task_rule(v)
-        reasons.append(f"{t}: recovery {v['recovery'].fmt('.1%')}, share of the gain kept "
-                       f"{v['normalized'].fmt('.0%')}, graft − random {v['vs_random'].fmt('+.1f', 100, ' pt')}: {per[t]}")
-    return Verdict("C1", verdicts.combine(list(per.values())), tuple(reasons))
+
+def task_verdicts(tasks: dict[str, dict]) -> dict[str, Verdict]:
+    """:func:`task_rule` on each tested task, with its numbers."""
+    return {t: _judged(tasks[t]) for t in tested(tasks)}
+
+
+def rule(tasks: dict[str, dict], pooled: dict | None = None) -> Verdict:
+    """C1 from per-task intervals (:func:`intervals`: ``gain``, fine-tuned − zero-shot accuracy;
+    ``recovery``, graft / fine-tuned accuracy; ``normalized``, the share of the gain kept;
+    ``vs_random``, graft − a random mask of the graft's size) and the same ``pooled`` over the
+    tested tasks (:func:`pooled_intervals`; with one tested task, its own).
+
+    A task tests C1 only where fine-tuning gained (gain interval above zero). The verdict is
+    :func:`task_rule` on the pooled intervals; each tested task's own verdict is tallied beside it
+    (:func:`skillgraft.verdicts.across`); not testable here when no task gained."""
+    names = tested(tasks)
+    untested = {t: "fine-tuning did not beat zero-shot: no gain to recover" for t in sorted(set(tasks) - set(names))}
+    if len(names) == 1:
+        pooled = tasks[names[0]]
+    elif names and pooled is None:
+        raise ValueError("C1 over several tested tasks needs their pooled intervals (pooled_intervals)")
+    return verdicts.across("C1", _judged(pooled) if names else None, task_verdicts(tasks), untested)
+
+
+def verdict(result: SingleTask, start: str, target: float, **kw) -> Verdict:
+    """C1 on this result: per task and pooled over the tested tasks (:func:`rule`)."""
+    per = intervals(result, start, target, **kw)
+    return rule(per, pooled_intervals(result, start, target, tested(per), **kw))
+
+
+def by_task(result: SingleTask, start: str, target: float, **kw) -> pd.DataFrame:
+    """One row per task and one pooled over the tested tasks: the evidence of C1 (family, seeds, test
+    examples, the fine-tuned and grafted accuracies, the graft's size) with its intervals and verdict."""
+    from ..tasks import get_task
+
+    per = intervals(result, start, target, **kw)
+    names = tested(per)
+    judged = task_verdicts(per)
+    pool = pooled_intervals(result, start, target, names, **kw) if len(names) > 1 else None
+    r = result.results
+    graft = r[(r.variant == "graft") & (r.start == start) & ((start == "grow") | np.isclose(r.target, target))]
+    rows = []
+    for task, v in list(per.items()) + ([("pooled", pool)] if pool is not None else []):
+        on = graft[graft.task.isin(names if task == "pooled" else [task])]
+        ft = r[(r.variant == "fine-tuned") & (r.task.isin(names if task == "pooled" else [task]))]
+        rows.append(dict(task=task, family="—" if task == "pooled" else get_task(task).family,
+                         seeds=on.seed.nunique(), fine_tuned=ft.accuracy.mean(), graft=on.accuracy.mean(),
+                         mask_size=on.mask_size.mean(), gain=v["gain"].fmt("+.1f", 100, " pt"),
+                         recovery=v["recovery"].fmt(".1%"), kept=v["normalized"].fmt(".0%"),
+                         vs_random=v["vs_random"].fmt("+.1f", 100, " pt"),
+                         verdict=(task_rule(v) if task == "pooled" else judged[task].verdict if task in judged
+                                  else verdicts.UNTESTABLE)))
+    return pd.DataFrame(rows)
+
+
+def forest(result: SingleTask, start: str, target: float, **kw) -> pd.DataFrame:
+    """Recovery by task and pooled, with verdicts, for :func:`skillgraft.plots.forest`."""
+    per = intervals(result, start, target, **kw)
+    names = tested(per)
+    pool = pooled_intervals(result, start, target, names, **kw) if len(names) > 1 else \
+        (per[names[0]] if names else None)
+    judged = {t: v.verdict for t, v in task_verdicts(per).items()}
+    return verdicts.forest_frame({t: v["recovery"] for t, v in per.items()}, judged,
+                                 pool["recovery"] if pool is not None and len(names) > 1 else None,
+                                 task_rule(pool) if pool is not None else verdicts.UNTESTABLE)
 
 
 def _points(x: float) -> str:
