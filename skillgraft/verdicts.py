@@ -21,7 +21,7 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "no_room", "across", "tally", "forest_frame", "Interval", "Verdict", "bootstrap", "accuracy_interval", "accuracy_gap", "ece_gap",
+__all__ = ["VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "no_room", "across", "tally", "forest_frame", "memo", "Interval", "Verdict", "bootstrap", "accuracy_interval", "accuracy_gap", "ece_gap",
            "ece_reduction"]
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTABLE = "holds", "fails", "inconclusive", "not testable here"
@@ -45,6 +45,11 @@ class Interval:
     def fmt(self, spec: str = "+.3f", scale: float = 1.0, unit: str = "") -> str:
         e, lo, hi = (scale * v for v in (self.estimate, self.low, self.high))
         return f"{e:{spec}}{unit} [{lo:{spec}}, {hi:{spec}}]"
+
+    def cell(self, spec: str = "+.3f", scale: float = 1.0, unit: str = "") -> str:
+        """:meth:`fmt` for a table cell: it wraps between the estimate and its bounds, never inside a number
+        with its unit."""
+        return self.fmt(spec, scale, unit.replace(" ", "\u00a0"))
 
     def __str__(self) -> str:
         return self.fmt()
@@ -78,6 +83,15 @@ def no_room(claim: str, reasons: list[str], room: "Interval | None", what: str, 
         return None
     reasons.append(f"{what} {room.fmt('+.1f', 100, ' pt')}")
     return Verdict(claim, UNTESTABLE, tuple(reasons + [why])) if room.sign <= 0 else None
+
+
+def memo(result, key: tuple, compute: Callable[[], object]):
+    """``compute()`` once per ``result`` and ``key``: a chapter's verdict, its per-task table and its
+    forest plot read the same bootstrap intervals, computed once (kept on the result object)."""
+    store = result.__dict__.setdefault("_intervals", {})
+    if key not in store:
+        store[key] = compute()
+    return store[key]
 
 
 def across(claim: str, pooled: "Verdict", per_task: dict[str, "Verdict"], untested: dict[str, str] | None = None,

@@ -237,7 +237,7 @@ def test_ood_by_source_and_forest_rows():
     table = c03.by_source(result, n_boot=100).set_index("source")
     assert list(table.index) == ["cr", "mr", "sms", "pooled"]
     assert table.loc["sms", "verdict"] == "not testable here" and table.loc["mr", "targets"] == "imdb-sent"
-    assert table.loc["pooled", "graft_minus_fine_tuned"].startswith("+5.0 pt")   # (+10 and 0) pooled
+    assert table.loc["pooled", "graft_minus_fine_tuned"].startswith("+5.0\u00a0pt")   # (+10 and 0) pooled
     forest = c03.forest(result, n_boot=100).set_index("label")
     assert forest.loc["pooled", "estimate"] == pytest.approx(0.05) and forest.loc["sms", "verdict"] == "not testable here"
 
@@ -257,7 +257,7 @@ def test_continual_by_sequence_forest_and_merged():
     table = c05.by_sequence([a, b, c], n_boot=100).set_index("sequence")
     assert list(table.index) == ["mr → trec", "subj → bbc", "sms → cr", "pooled"]
     assert table.loc["sms → cr", "verdict"] == "not testable here" and table.loc["mr → trec", "families"] == "2 families"
-    assert table.loc["pooled", "backward_transfer_gap"].startswith("+30.0 pt")
+    assert table.loc["pooled", "backward_transfer_gap"].startswith("+30.0\u00a0pt")
     forest = c05.forest([a, b, c], n_boot=100).set_index("label")
     assert forest.loc["pooled", "estimate"] == pytest.approx(0.3)
     both = c05.merged([a, b])

@@ -20,6 +20,7 @@ def test_interval_sign_is_no_difference_when_it_contains_zero():
     assert Interval(-0.02, -0.03, -0.01).sign == -1
     assert Interval(0.02, -0.01, 0.05).sign == 0
     assert Interval(0.1, 0.05, 0.15).fmt("+.1f", 100, " pt") == "+10.0 pt [+5.0, +15.0]"
+    assert Interval(0.1, 0.05, 0.15).cell("+.1f", 100, " pt") == "+10.0\u00a0pt [+5.0, +15.0]"  # a number keeps its unit
 
 
 def test_bootstrap_brackets_the_estimate_and_is_reproducible():

@@ -75,12 +75,18 @@ def intervals(cal: Calibration, n_bins: int = 10, against: str = "fine-tuned", t
               for t, s, v in cal.probs if v == "graft" and (tasks is None or t in tasks)]
     if not groups:
         return None, None
-    return verdicts.ece_reduction(groups, n_bins, **kw), verdicts.ece_gap(groups, n_bins, **kw)
+    key = ("c2", n_bins, against, None if tasks is None else tuple(tasks), tuple(sorted(kw.items())))
+    return verdicts.memo(cal, key, lambda: (verdicts.ece_reduction(groups, n_bins, **kw),
+                                            verdicts.ece_gap(groups, n_bins, **kw)))
 
 
 def gains(cal: Calibration, **kw) -> dict[str, Interval]:
     """Per task, fine-tuned − zero-shot test accuracy over its seeds: a task tests C2 only where it is
     above zero (fine-tuning learned something for the graft to keep)."""
+    return verdicts.memo(cal, ("c2 gains", tuple(sorted(kw.items()))), lambda: _gains(cal, **kw))
+
+
+def _gains(cal: Calibration, **kw) -> dict[str, Interval]:
     out = {}
     for task in dict.fromkeys(t for t, _, v in cal.probs if v == "graft"):
         seeds = [s for t, s, v in cal.probs if t == task and v == "graft"]
@@ -116,10 +122,10 @@ def by_task(cal: Calibration, n_bins: int = 10, **kw) -> pd.DataFrame:
         sub = r[r.task.isin(on)]
         mean = lambda v, col: sub.loc[sub.variant == v, col].mean()
         rows.append(dict(task=task, family="—" if task == "pooled" else get_task(task).family,
-                         seeds=sub.seed.nunique(), gain="—" if task == "pooled" else g[task].fmt("+.1f", 100, " pt"),
+                         seeds=sub.seed.nunique(), gain="—" if task == "pooled" else g[task].cell("+.1f", 100, " pt"),
                          ece_fine_tuned=mean("fine-tuned", "ece"), ece_graft=mean("graft", "ece"),
                          confidence_fine_tuned=mean("fine-tuned", "confidence"), confidence_graft=mean("graft", "confidence"),
-                         ece_gap=gap.fmt("+.3f"), reduction=red.fmt(".0%"),
+                         ece_gap=gap.cell("+.3f"), reduction=red.cell(".0%"),
                          verdict=(rule(red, gap).verdict if task == "pooled" or task in names else verdicts.UNTESTABLE)))
     return pd.DataFrame(rows)
 

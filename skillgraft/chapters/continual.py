@@ -165,7 +165,8 @@ def _interval_pair(bwt: list, final: list, **kw) -> tuple:
 def intervals(result: Continual, method: str = "graft (task known)", **kw) -> tuple:
     """(BWT gap, final average accuracy gap) of ``method`` − sequential, over seeds and test
     examples, for :func:`rule`; (None, None) for a one-task sequence."""
-    return _interval_pair(*_groups(result, method), **kw)
+    return verdicts.memo(result, ("c5", method, tuple(sorted(kw.items()))),
+                         lambda: _interval_pair(*_groups(result, method), **kw))
 
 
 def pooled_intervals(results: list[Continual], method: str = "graft (task known)", **kw) -> tuple:
@@ -188,7 +189,8 @@ def forgetting(result: Continual, method: str = "sequential", **kw) -> Interval 
     task j just after learning it, minus at the end), over seeds and test examples; None for a
     one-task sequence."""
     groups = _forgetting_groups(result, method)
-    return verdicts.accuracy_gap(groups, **kw) if groups else None
+    return verdicts.memo(result, ("c5 forgetting", method, tuple(sorted(kw.items()))),
+                         lambda: verdicts.accuracy_gap(groups, **kw) if groups else None)
 
 
 def pooled_forgetting(results: list[Continual], method: str = "sequential", **kw) -> Interval | None:
@@ -228,7 +230,7 @@ def by_sequence(results: list[Continual], method: str = "graft (task known)", **
     rows = [(name(r), per[name(r)], [r], any(r is t for t in tested)) for r in results]
     if len(tested) > 1:
         rows.append(("pooled", (*pooled_intervals(tested, method, **kw), pooled_forgetting(tested, **kw)), tested, True))
-    fmt = lambda i: i.fmt("+.1f", 100, " pt") if i is not None else "—"
+    fmt = lambda i: i.cell("+.1f", 100, " pt") if i is not None else "—"
     return pd.DataFrame([dict(sequence=label, families=families([t for r in on for t in _sequence(r)]),
                               seeds=len({k[0] for r in on for k in r.probs}), forgetting=fmt(forgot),
                               backward_transfer_gap=fmt(bwt), final_accuracy_gap=fmt(acc),

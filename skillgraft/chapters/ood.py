@@ -66,6 +66,11 @@ def ood(sources: list[str], targets: list[str], seeds: list[int], sparsity: floa
 def intervals(result: OOD, sources: list[str] | None = None, **kw) -> tuple:
     """(overall, per target pair) intervals of graft − fine-tuned accuracy out of distribution from
     ``sources`` (default: all), for :func:`rule`; overall pools every OOD target of a source and seed."""
+    key = ("c3", None if sources is None else tuple(sources), tuple(sorted(kw.items())))
+    return verdicts.memo(result, key, lambda: _intervals(result, sources, **kw))
+
+
+def _intervals(result: OOD, sources: list[str] | None = None, **kw) -> tuple:
     pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "graft"
                     and (sources is None or s in sources)})
     seeds = sorted({seed for _, _, seed, _ in result.probs})
@@ -87,6 +92,11 @@ def headroom(result: OOD, sources: list[str] | None = None, **kw) -> Interval | 
     """Fine-tuned − zero-shot accuracy over every OOD target of each of ``sources`` (default: all; pooled
     per source and seed): what fine-tuning gained out of distribution, hence what a graft could keep
     (None: no target)."""
+    key = ("c3 headroom", None if sources is None else tuple(sources), tuple(sorted(kw.items())))
+    return verdicts.memo(result, key, lambda: _headroom(result, sources, **kw))
+
+
+def _headroom(result: OOD, sources: list[str] | None = None, **kw) -> Interval | None:
     pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "fine-tuned"
                     and (sources is None or s in sources)})
     seeds = sorted({seed for _, _, seed, _ in result.probs})
@@ -139,8 +149,8 @@ def by_source(result: OOD, **kw) -> pd.DataFrame:
         rows.append(dict(source=source, family="—" if source == "pooled" else tk.get_task(source).family,
                          targets=", ".join(sorted({p.split("→")[1] for p in per_target})),
                          seeds=len({seed for _, _, seed, _ in result.probs}),
-                         headroom=room_.fmt("+.1f", 100, " pt") if room_ is not None else "—",
-                         graft_minus_fine_tuned=overall.fmt("+.1f", 100, " pt") if overall is not None else "—",
+                         headroom=room_.cell("+.1f", 100, " pt") if room_ is not None else "—",
+                         graft_minus_fine_tuned=overall.cell("+.1f", 100, " pt") if overall is not None else "—",
                          verdict=(rule(overall, per_target, room_).verdict if source == "pooled" or source in room
                                   else verdicts.UNTESTABLE)))
     return pd.DataFrame(rows)

@@ -151,19 +151,22 @@ def _c1_intervals(groups: list[tuple], **kw) -> dict:
 def intervals(result: SingleTask, start: str, target: float, **kw) -> dict[str, dict]:
     """Per task, the bootstrap intervals C1 is judged on (:func:`rule`): gain of
     fine-tuning over zero-shot, recovery, share of the gain kept, graft − random of its size."""
-    out = {}
-    for task in sorted({k[0] for k in result.probs}):
-        groups = _groups(result, task, start, target)
-        if groups:
-            out[task] = _c1_intervals(groups, **kw)
-    return out
+    def compute():
+        out = {}
+        for task in sorted({k[0] for k in result.probs}):
+            groups = _groups(result, task, start, target)
+            if groups:
+                out[task] = _c1_intervals(groups, **kw)
+        return out
+    return verdicts.memo(result, ("c1", start, target, tuple(sorted(kw.items()))), compute)
 
 
 def pooled_intervals(result: SingleTask, start: str, target: float, tasks: list[str], **kw) -> dict | None:
     """The same intervals over ``tasks`` pooled (each task × seed one bootstrap group; accuracies over
     all their test examples), for :func:`rule`; None for no task."""
     groups = [g for task in tasks for g in _groups(result, task, start, target)]
-    return _c1_intervals(groups, **kw) if groups else None
+    return verdicts.memo(result, ("c1 pooled", start, target, tuple(tasks), tuple(sorted(kw.items()))),
+                         lambda: _c1_intervals(groups, **kw) if groups else None)
 
 
 def tested(tasks: dict[str, dict]) -> list[str]:
@@ -232,9 +235,9 @@ def by_task(result: SingleTask, start: str, target: float, **kw) -> pd.DataFrame
         ft = r[(r.variant == "fine-tuned") & (r.task.isin(names if task == "pooled" else [task]))]
         rows.append(dict(task=task, family="—" if task == "pooled" else get_task(task).family,
                          seeds=on.seed.nunique(), fine_tuned=ft.accuracy.mean(), graft=on.accuracy.mean(),
-                         mask_size=on.mask_size.mean(), gain=v["gain"].fmt("+.1f", 100, " pt"),
-                         recovery=v["recovery"].fmt(".1%"), kept=v["normalized"].fmt(".0%"),
-                         vs_random=v["vs_random"].fmt("+.1f", 100, " pt"),
+                         mask_size=on.mask_size.mean(), gain=v["gain"].cell("+.1f", 100, " pt"),
+                         recovery=v["recovery"].cell(".1%"), kept=v["normalized"].cell(".0%"),
+                         vs_random=v["vs_random"].cell("+.1f", 100, " pt"),
                          verdict=(task_rule(v) if task == "pooled" else judged[task].verdict if task in judged
                                   else verdicts.UNTESTABLE)))
     return pd.DataFrame(rows)
