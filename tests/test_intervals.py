@@ -123,16 +123,22 @@ def test_ood_verdict_source_by_source():
     assert "not tested: sms (fine-tuning gained nothing" in v.report()
 
 
+def two_stages(forgot: float) -> dict:
+    """Probabilities of a two-task sequence over two seeds: the first task learned to 0.9, then after the
+    second stage 0.9 − ``forgot`` for sequential fine-tuning and 0.9 for the graft; the second task 0.8."""
+    probs = {}
+    for seed in (13, 21):
+        for method, after in (("sequential", 0.9 - forgot), ("graft (task known)", 0.9)):
+            probs[seed, method, 0, 0] = right_on(0.9)
+            probs[seed, method, 1, 0] = right_on(after)
+            probs[seed, method, 1, 1] = right_on(0.8)
+    return probs
+
+
 def test_continual_pooled_over_sequences():
     def result(forgot: float):
-        R = pd.DataFrame(np.eye(2), columns=["mr", "sms"])
-        probs = {}
-        for seed in (13, 21):
-            for method, after in (("sequential", 0.9 - forgot), ("graft (task known)", 0.9)):
-                probs[seed, method, 0, 0] = right_on(0.9)
-                probs[seed, method, 1, 0] = right_on(after)
-                probs[seed, method, 1, 1] = right_on(0.8)
-        return SimpleNamespace(matrices={"sequential": R}, probs=probs)
+        return SimpleNamespace(matrices={"sequential": pd.DataFrame(np.eye(2), columns=["mr", "sms"])},
+                               probs=two_stages(forgot))
     a, b = result(0.4), result(0.2)
     assert c05.name(a) == "mr → sms"
     bwt, _ = c05.pooled_intervals([a, b], n_boot=200)
@@ -244,15 +250,9 @@ def test_ood_by_source_and_forest_rows():
 
 def test_continual_by_sequence_forest_and_merged():
     def result(tasks, forgot: float):
-        R = pd.DataFrame(np.eye(2), columns=tasks)
-        probs = {}
-        for seed in (13, 21):
-            for method, after in (("sequential", 0.9 - forgot), ("graft (task known)", 0.9)):
-                probs[seed, method, 0, 0] = right_on(0.9)
-                probs[seed, method, 1, 0] = right_on(after)
-                probs[seed, method, 1, 1] = right_on(0.8)
         frame = pd.DataFrame(dict(seed=[13], fit=[True]))
-        return c05.Continual({"sequential": R}, frame, frame, frame, probs, frame, frame)
+        return c05.Continual({"sequential": pd.DataFrame(np.eye(2), columns=tasks)}, frame, frame, frame,
+                             two_stages(forgot), frame, frame)
     a, b, c = result(["mr", "trec"], 0.4), result(["subj", "bbc"], 0.2), result(["sms", "cr"], 0.0)
     table = c05.by_sequence([a, b, c], n_boot=100).set_index("sequence")
     assert list(table.index) == ["mr → trec", "subj → bbc", "sms → cr", "pooled"]
