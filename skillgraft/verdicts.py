@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from . import metrics
 
@@ -115,11 +116,9 @@ def across(claim: str, pooled: "Verdict", per_task: dict[str, "Verdict"], untest
 
 
 def forest_frame(per_task: dict[str, "Interval"], verdicts_: dict[str, str], pooled: "Interval | None",
-                 pooled_verdict: str) -> "pd.DataFrame":
+                 pooled_verdict: str) -> pd.DataFrame:
     """Rows for a forest plot (:func:`skillgraft.plots.forest`): each task's interval of the claim's key
     number with its verdict ("not testable here" for a task left out), then the pooled one."""
-    import pandas as pd
-
     rows = [dict(label=t, estimate=i.estimate, low=i.low, high=i.high, verdict=verdicts_.get(t, UNTESTABLE))
             for t, i in per_task.items()]
     if pooled is not None:

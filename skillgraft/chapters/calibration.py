@@ -71,13 +71,14 @@ def intervals(cal: Calibration, n_bins: int = 10, against: str = "fine-tuned", t
               **kw) -> tuple:
     """(relative ECE reduction, ECE gap) of the graft against ``against``, over ``tasks`` (default:
     all) and seeds pooled (each task × seed a bootstrap group), for :func:`rule`; (None, None) for none."""
-    groups = [(cal.probs[t, s, "graft"][0], cal.probs[t, s, against][0], cal.probs[t, s, "graft"][1])
-              for t, s, v in cal.probs if v == "graft" and (tasks is None or t in tasks)]
-    if not groups:
-        return None, None
+    def compute():
+        groups = [(cal.probs[t, s, "graft"][0], cal.probs[t, s, against][0], cal.probs[t, s, "graft"][1])
+                  for t, s, v in cal.probs if v == "graft" and (tasks is None or t in tasks)]
+        if not groups:
+            return None, None
+        return verdicts.ece_reduction(groups, n_bins, **kw), verdicts.ece_gap(groups, n_bins, **kw)
     key = ("c2", n_bins, against, None if tasks is None else tuple(tasks), tuple(sorted(kw.items())))
-    return verdicts.memo(cal, key, lambda: (verdicts.ece_reduction(groups, n_bins, **kw),
-                                            verdicts.ece_gap(groups, n_bins, **kw)))
+    return verdicts.memo(cal, key, compute)
 
 
 def gains(cal: Calibration, **kw) -> dict[str, Interval]:
@@ -104,7 +105,7 @@ def verdict(cal: Calibration, n_bins: int = 10, **kw) -> Verdict:
     """C2 on this result: per task and pooled over the tested tasks (:func:`rule_across`)."""
     g = gains(cal, **kw)
     per = {t: intervals(cal, n_bins, tasks=[t], **kw) for t in g}
-    return rule_across(per, intervals(cal, n_bins, tasks=[t for t in g if g[t].sign > 0], **kw), g)
+    return rule_across(per, intervals(cal, n_bins, tasks=tested(cal, **kw), **kw), g)
 
 
 def by_task(cal: Calibration, n_bins: int = 10, **kw) -> pd.DataFrame:
@@ -113,7 +114,7 @@ def by_task(cal: Calibration, n_bins: int = 10, **kw) -> pd.DataFrame:
     from ..tasks import get_task
 
     g = gains(cal, **kw)
-    names = [t for t in g if g[t].sign > 0]
+    names = tested(cal, **kw)
     r = cal.results
     rows = []
     for task in list(g) + (["pooled"] if len(names) > 1 else []):
@@ -133,7 +134,7 @@ def by_task(cal: Calibration, n_bins: int = 10, **kw) -> pd.DataFrame:
 def forest(cal: Calibration, n_bins: int = 10, **kw) -> pd.DataFrame:
     """Relative ECE reduction by task and pooled, with verdicts, for :func:`skillgraft.plots.forest`."""
     g = gains(cal, **kw)
-    names = [t for t in g if g[t].sign > 0]
+    names = tested(cal, **kw)
     per = {t: intervals(cal, n_bins, tasks=[t], **kw) for t in g}
     pooled = intervals(cal, n_bins, tasks=names, **kw) if len(names) > 1 else None
     return verdicts.forest_frame({t: v[0] for t, v in per.items()}, {t: rule(*per[t]).verdict for t in names},

@@ -188,9 +188,10 @@ def forgetting(result: Continual, method: str = "sequential", **kw) -> Interval 
     """How much ``method`` forgets: the mean over earlier tasks j of R[j, j] − R[T, j] (accuracy on
     task j just after learning it, minus at the end), over seeds and test examples; None for a
     one-task sequence."""
-    groups = _forgetting_groups(result, method)
-    return verdicts.memo(result, ("c5 forgetting", method, tuple(sorted(kw.items()))),
-                         lambda: verdicts.accuracy_gap(groups, **kw) if groups else None)
+    def compute():
+        groups = _forgetting_groups(result, method)
+        return verdicts.accuracy_gap(groups, **kw) if groups else None
+    return verdicts.memo(result, ("c5 forgetting", method, tuple(sorted(kw.items()))), compute)
 
 
 def pooled_forgetting(results: list[Continual], method: str = "sequential", **kw) -> Interval | None:
@@ -199,12 +200,23 @@ def pooled_forgetting(results: list[Continual], method: str = "sequential", **kw
     return verdicts.accuracy_gap(groups, **kw) if groups else None
 
 
-def verdict(results: list[Continual], method: str = "graft (task known)", **kw) -> Verdict:
-    """C5 sequence by sequence and pooled over the sequences that test it (:func:`rule_across`)."""
+def _judged(results: list[Continual], method: str, **kw) -> tuple[dict, list, tuple | None]:
+    """Per sequence (BWT gap, accuracy gap, forgetting); the sequences that test C5 (sequential
+    fine-tuning forgot); the same three intervals pooled over those (None without one)."""
     per = {name(r): (*intervals(r, method, **kw), forgetting(r, **kw)) for r in results}
     tested = [r for r in results if per[name(r)][2] is not None and per[name(r)][2].sign > 0]
-    return rule_across(per, (*pooled_intervals(tested, method, **kw), pooled_forgetting(tested, **kw))
-                       if tested else None)
+    if not tested:
+        return per, tested, None
+    key = ("c5 pooled", method, tuple(name(r) for r in tested), tuple(sorted(kw.items())))
+    pool = verdicts.memo(tested[0], key, lambda: (*pooled_intervals(tested, method, **kw),
+                                                  pooled_forgetting(tested, **kw)))
+    return per, tested, pool
+
+
+def verdict(results: list[Continual], method: str = "graft (task known)", **kw) -> Verdict:
+    """C5 sequence by sequence and pooled over the sequences that test it (:func:`rule_across`)."""
+    per, _, pool = _judged(results, method, **kw)
+    return rule_across(per, pool)
 
 
 def merged(results: list[Continual]) -> Continual:
@@ -225,11 +237,10 @@ def by_sequence(results: list[Continual], method: str = "graft (task known)", **
     """One row per sequence and one pooled over those that test C5: the evidence (families crossed,
     seeds), the forgetting of sequential fine-tuning, graft − sequential backward transfer and final
     average accuracy, and the verdict."""
-    per = {name(r): (*intervals(r, method, **kw), forgetting(r, **kw)) for r in results}
-    tested = [r for r in results if per[name(r)][2] is not None and per[name(r)][2].sign > 0]
+    per, tested, pool = _judged(results, method, **kw)
     rows = [(name(r), per[name(r)], [r], any(r is t for t in tested)) for r in results]
     if len(tested) > 1:
-        rows.append(("pooled", (*pooled_intervals(tested, method, **kw), pooled_forgetting(tested, **kw)), tested, True))
+        rows.append(("pooled", pool, tested, True))
     fmt = lambda i: i.cell("+.1f", 100, " pt") if i is not None else "—"
     return pd.DataFrame([dict(sequence=label, families=families([t for r in on for t in _sequence(r)]),
                               seeds=len({k[0] for r in on for k in r.probs}), forgetting=fmt(forgot),
@@ -240,9 +251,8 @@ def by_sequence(results: list[Continual], method: str = "graft (task known)", **
 
 def forest(results: list[Continual], method: str = "graft (task known)", **kw) -> pd.DataFrame:
     """Graft − sequential backward transfer by sequence and pooled, for :func:`skillgraft.plots.forest`."""
-    per = {name(r): (*intervals(r, method, **kw), forgetting(r, **kw)) for r in results}
-    tested = [r for r in results if per[name(r)][2] is not None and per[name(r)][2].sign > 0]
-    pool = (*pooled_intervals(tested, method, **kw), pooled_forgetting(tested, **kw)) if len(tested) > 1 else None
+    per, tested, pool = _judged(results, method, **kw)
+    pool = pool if len(tested) > 1 else None
     return verdicts.forest_frame({n: v[0] for n, v in per.items() if v[0] is not None},
                                  {name(r): rule(*per[name(r)]).verdict for r in tested},
                                  pool[0] if pool else None, rule(*pool).verdict if pool else verdicts.UNTESTABLE)

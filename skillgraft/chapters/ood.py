@@ -128,24 +128,28 @@ def rule(overall: Interval | None, per_target: dict[str, Interval], headroom: In
     return blocked or Verdict("C3", verdicts.side(overall), tuple(reasons))
 
 
-def verdict(result: OOD, **kw) -> Verdict:
-    """C3 source by source and pooled over the sources that test it (:func:`rule_across`)."""
+def _judged(result: OOD, **kw) -> tuple[dict, list[str], tuple | None]:
+    """Per source (overall, per target, headroom); the sources that test C3 (fine-tuning gained on their
+    targets); the same three pooled over those (None without one)."""
     sources = sorted({s for s, t, _, v in result.probs if s != t and v == "graft"})
     per = {s: (*intervals(result, [s], **kw), headroom(result, [s], **kw)) for s in sources}
     room = [s for s in sources if per[s][2] is not None and per[s][2].sign > 0]
-    return rule_across(per, (*intervals(result, room, **kw), headroom(result, room, **kw)) if room else None)
+    return per, room, (*intervals(result, room, **kw), headroom(result, room, **kw)) if room else None
+
+
+def verdict(result: OOD, **kw) -> Verdict:
+    """C3 source by source and pooled over the sources that test it (:func:`rule_across`)."""
+    per, _, pool = _judged(result, **kw)
+    return rule_across(per, pool)
 
 
 def by_source(result: OOD, **kw) -> pd.DataFrame:
     """One row per source and one pooled over the sources that test C3: the evidence (family, targets,
     seeds), the headroom of fine-tuning out of distribution, graft − fine-tuned over its targets, the verdict."""
-    sources = sorted({s for s, t, _, v in result.probs if s != t and v == "graft"})
-    per = {s: (*intervals(result, [s], **kw), headroom(result, [s], **kw)) for s in sources}
-    room = [s for s in sources if per[s][2] is not None and per[s][2].sign > 0]
+    per, room, pool = _judged(result, **kw)
     rows = []
-    for source in sources + (["pooled"] if len(room) > 1 else []):
-        on = room if source == "pooled" else [source]
-        overall, per_target, room_ = (*intervals(result, on, **kw), headroom(result, on, **kw))
+    for source in list(per) + (["pooled"] if len(room) > 1 else []):
+        overall, per_target, room_ = pool if source == "pooled" else per[source]
         rows.append(dict(source=source, family="—" if source == "pooled" else tk.get_task(source).family,
                          targets=", ".join(sorted({p.split("→")[1] for p in per_target})),
                          seeds=len({seed for _, _, seed, _ in result.probs}),
@@ -158,10 +162,8 @@ def by_source(result: OOD, **kw) -> pd.DataFrame:
 
 def forest(result: OOD, **kw) -> pd.DataFrame:
     """Graft − fine-tuned accuracy out of distribution by source and pooled, for :func:`skillgraft.plots.forest`."""
-    sources = sorted({s for s, t, _, v in result.probs if s != t and v == "graft"})
-    per = {s: (*intervals(result, [s], **kw), headroom(result, [s], **kw)) for s in sources}
-    room = [s for s in sources if per[s][2] is not None and per[s][2].sign > 0]
-    pooled = (*intervals(result, room, **kw), headroom(result, room, **kw)) if len(room) > 1 else None
+    per, room, pooled = _judged(result, **kw)
+    pooled = pooled if len(room) > 1 else None
     return verdicts.forest_frame({s: v[0] for s, v in per.items() if v[0] is not None},
                                  {s: rule(*per[s]).verdict for s in room},
                                  pooled[0] if pooled else None, rule(*pooled).verdict if pooled else verdicts.UNTESTABLE)

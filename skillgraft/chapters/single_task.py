@@ -164,9 +164,10 @@ def intervals(result: SingleTask, start: str, target: float, **kw) -> dict[str, 
 def pooled_intervals(result: SingleTask, start: str, target: float, tasks: list[str], **kw) -> dict | None:
     """The same intervals over ``tasks`` pooled (each task × seed one bootstrap group; accuracies over
     all their test examples), for :func:`rule`; None for no task."""
-    groups = [g for task in tasks for g in _groups(result, task, start, target)]
-    return verdicts.memo(result, ("c1 pooled", start, target, tuple(tasks), tuple(sorted(kw.items()))),
-                         lambda: _c1_intervals(groups, **kw) if groups else None)
+    def compute():
+        groups = [g for task in tasks for g in _groups(result, task, start, target)]
+        return _c1_intervals(groups, **kw) if groups else None
+    return verdicts.memo(result, ("c1 pooled", start, target, tuple(tasks), tuple(sorted(kw.items()))), compute)
 
 
 def tested(tasks: dict[str, dict]) -> list[str]:
@@ -247,11 +248,10 @@ def forest(result: SingleTask, start: str, target: float, **kw) -> pd.DataFrame:
     """Recovery by task and pooled, with verdicts, for :func:`skillgraft.plots.forest`."""
     per = intervals(result, start, target, **kw)
     names = tested(per)
-    pool = pooled_intervals(result, start, target, names, **kw) if len(names) > 1 else \
-        (per[names[0]] if names else None)
+    pool = pooled_intervals(result, start, target, names, **kw) if len(names) > 1 else None
     judged = {t: v.verdict for t, v in task_verdicts(per).items()}
     return verdicts.forest_frame({t: v["recovery"] for t, v in per.items()}, judged,
-                                 pool["recovery"] if pool is not None and len(names) > 1 else None,
+                                 pool["recovery"] if pool is not None else None,
                                  task_rule(pool) if pool is not None else verdicts.UNTESTABLE)
 
 
