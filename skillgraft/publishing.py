@@ -10,7 +10,7 @@
 - :func:`spot_check` recomputes one chain of chapter 01's grid (a fine-tune, its graft, their
   test predictions) from nothing — an empty store, the published layer off — and compares it
   with the published entries: bit for bit on the machine and thread count they were published
-  with; elsewhere within :data:`TOLERANCE`. The chain rotates with the date.
+  with; elsewhere within :data:`TOLERANCE`. The chain rotates with the date through the shortest ones (:func:`daily`).
 """
 from __future__ import annotations
 
@@ -168,6 +168,18 @@ def chains(params: dict) -> list[tuple[str, int]]:
     return [(task, seed) for task in params["tasks"] for seed in params["seeds"]]
 
 
+def daily(params: dict) -> list[tuple[str, int]]:
+    """The chains the day's spot check rotates through: those of the tasks with the fewest classes
+    in chapter 01's grid, whose fine-tunes take the fewest steps (steps scale with the classes,
+    :meth:`FinetuneConfig.for_classes`), so that ``make test`` costs one short chain whatever the
+    date; ``skillgraft spotcheck --chain N`` checks any chain of :func:`chains`."""
+    from . import tasks
+
+    classes = {task: len(tasks.get_task(task).class_names) for task in params["tasks"]}
+    fewest = min(classes.values())
+    return [(task, seed) for task, seed in chains(params) if classes[task] == fewest]
+
+
 def _compare_arrays(what: str, got: np.ndarray, want: np.ndarray, exact: bool) -> list[Difference]:
     if got.shape != want.shape:
         return [Difference(what, f"shape {got.shape} recomputed, {want.shape} published")]
@@ -230,7 +242,7 @@ def spot_check(root: Path, chain: int | None = None, params: dict | None = None,
                stream: TextIO | None = None) -> list[Difference]:
     """Recompute one chain of chapter 01's grid from nothing and compare it with the published
     entries; returns the differences (empty: the check passed). ``chain`` indexes
-    :func:`chains` (default: the day's, rotating through the grid)."""
+    :func:`chains` (default: the day's, rotating through :func:`daily`)."""
     import sys
 
     import torch
@@ -245,8 +257,12 @@ def spot_check(root: Path, chain: int | None = None, params: dict | None = None,
     if params is None:
         params = pages()["01_single_task_grafting"][1]
     grid = chains(params)
-    index = (datetime.date.today().toordinal() if chain is None else chain) % len(grid)
-    task, seed = grid[index]
+    if chain is None:  # the day's: rotating through the short chains
+        task, seed = (rota := daily(params))[datetime.date.today().toordinal() % len(rota)]
+        index = grid.index((task, seed))
+    else:
+        index = chain % len(grid)
+        task, seed = grid[index]
     setting = Setting.from_params(**params)
     threads = layer.threads or torch.get_num_threads()
     here = pub.machine()

@@ -207,3 +207,11 @@ def test_publishing_one_page_keeps_the_others(tmp_path, params):
     assert chapter and set(chapter) <= set(manifest["entries"])
     assert set(manifest["chapters"]["survey"]["entries"]) & set(chapter)  # the survey shares seed 13's fine-tune
     assert publishing.check(root, {"01_single_task_grafting": (None, params), "survey": (None, survey)}) == []
+
+
+def test_the_days_spot_check_rotates_through_the_shortest_chains():
+    grid = {"tasks": ["trec", "mr", "bbc", "sms"], "seeds": [13, 21]}
+    assert publishing.chains(grid)[:2] == [("trec", 13), ("trec", 21)]
+    # trec (6 classes) and bbc (5) fine-tune three and 2.5 times as long as the two-class tasks
+    assert publishing.daily(grid) == [("mr", 13), ("mr", 21), ("sms", 13), ("sms", 21)]
+    assert publishing.daily({"tasks": ["trec", "bbc"], "seeds": [13]}) == [("bbc", 13)]
