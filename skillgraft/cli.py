@@ -171,6 +171,11 @@ def cmd_publish(args) -> None:
     from . import publishing
 
     root = _results_root(args)
+    if args.stored and (args.check or args.pages):
+        raise UsageError("--stored publishes the whole local store: give it alone (no --check, no pages)")
+    if args.stored:
+        publishing.snapshot(root)
+        return
     if args.check:
         start = time.perf_counter()
         problems = publishing.check(root)
@@ -242,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("pages", nargs="*", help="only these pages (e.g. 01 survey); the others keep their published entries")
     pb.add_argument("--check", action="store_true",
                     help="the staleness guard: are the book's results published and current? (seconds, no compute)")
+    pb.add_argument("--stored", action="store_true",
+                    help="publish every current entry of the local store as it is, computing nothing and keeping what "
+                         "is published (a long sweep's finished steps then outlive the machine)")
     pb.add_argument("--root", help="the published layer (default: results/ of this checkout, or $SKILLGRAFT_RESULTS)")
     pb.set_defaults(func=cmd_publish)
     sc = sub.add_parser("spotcheck", help="recompute one chain of chapter 01 from nothing and compare it with results/")

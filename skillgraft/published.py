@@ -230,7 +230,7 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
             with atomic(root / file) as tmp:
                 tmp.write_bytes(data)
         described = ({k: old[name][k] for k in ("recipe", "label")} if kept and name in old
-                     else {"recipe": type(recipe).__name__, "label": recipe.label()})
+                     else {"recipe": getattr(recipe, "recipe_name", type(recipe).__name__), "label": recipe.label()})
         entries[name] = {"file": file, "sha256": digest, "bytes": len(data), **described}
         report.bytes += len(data)
         if name not in old:

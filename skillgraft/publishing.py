@@ -27,7 +27,7 @@ import numpy as np
 from . import published as pub
 from .published import Published
 
-__all__ = ["PAGES", "TOLERANCE", "pages", "resolve_pages", "publish", "check", "spot_check", "plan_report"]
+__all__ = ["PAGES", "TOLERANCE", "pages", "resolve_pages", "publish", "snapshot", "check", "spot_check", "plan_report"]
 
 # A recomputation on another CPU or thread count differs in the last bits of every matrix product, which 80
 # SGD steps amplify; it checks that this code computes the same thing, not the same bits: each prediction's
@@ -119,6 +119,51 @@ def publish(root: Path, which: dict[str, tuple[Path, dict]] | None = None, strea
             stream.write(f"publish: {what} {name}\n")
     stream.write(f"publish: {report.summary()} in {root}\n")
     return report
+
+
+def snapshot(root: Path, stream: TextIO | None = None):
+    """Publish every entry of the local store that this code can reach (none stale), computing
+    nothing and keeping what ``root`` already holds, so that the finished steps of a long
+    computation (a sweep of the grid) outlive the machine: complete chains are then read from the
+    published layer, and only what was unfinished is computed again. The pages' published
+    parameters stay as they were; ``make publish`` later writes the layer the book needs (and
+    drops what no page uses)."""
+    import sys
+
+    from .store import default_store
+
+    stream = stream or sys.stderr
+    store = default_store()
+    previous = Published(root) if (root / pub.MANIFEST).is_file() else None
+    ledger: dict = {}
+    for e in store.entries():
+        if e["stale"]:
+            continue
+        name = f"{e['kind']}/{e['key']}"
+        record = json.loads((store.root / name / "meta.json").read_text())
+        ledger[name] = _Stored(record, e["kind"], e["key"])
+    threads = {int(r.record["spec"].get("env", {}).get("threads") or 0) for r in ledger.values()} - {0}
+    threads |= {previous.threads} if previous is not None and previous.threads else set()
+    if len(threads) > 1:
+        raise RuntimeError(f"the local store and the published layer hold entries made with {sorted(threads)} torch "
+                           "threads; a published layer holds one count")
+    if previous is not None:
+        ledger.update({name: _Kept(name) for name in previous.entries if name not in ledger})
+    chapters = previous.manifest.get("chapters", {}) if previous is not None else {}
+    report = pub.write(root, ledger, store, previous, threads.pop() if threads else 0, chapters)
+    stream.write(f"publish --stored: {report.summary()} in {root}\n")
+    return report
+
+
+class _Stored:
+    """A current entry of the local store, published as it is (its recipe object is not rebuilt)."""
+
+    def __init__(self, record: dict, kind: str, key: str):
+        self.record, self.kind, self.key, self.spec = record, kind, key, record["spec"]
+        self.recipe_name = record["recipe"]
+
+    def label(self) -> str:
+        return _Named(self.record, self.kind, self.key).label()
 
 
 class _Kept:

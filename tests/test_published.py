@@ -215,3 +215,35 @@ def test_the_days_spot_check_rotates_through_the_shortest_chains():
     # trec (6 classes) and bbc (5) fine-tune three and 2.5 times as long as the two-class tasks
     assert publishing.daily(grid) == [("mr", 13), ("mr", 21), ("sms", 13), ("sms", 21)]
     assert publishing.daily({"tasks": ["trec", "bbc"], "seeds": [13]}) == [("bbc", 13)]
+
+
+def test_publishing_the_store_as_it_is_keeps_what_is_published_and_skips_stale_entries(tmp_path, params,
+                                                                                       monkeypatch):
+    root, _ = _publish(tmp_path, params)
+    before = set(json.loads((root / pub.MANIFEST).read_text())["entries"])
+    store_root = tmp_path / "sweep-store"
+    lab = _lab(params, root, store_root, threads=2)
+    _, dspec, gspec = _chain(lab, {**params, "k": 3})  # a chain no page resolves, as a sweep of a larger grid would
+    lab.predict("mr", Variant("graft", dspec, gspec))  # computes the fine-tune, the graft and its predictions
+    monkeypatch.setenv("SKILLGRAFT_STORE", str(store_root))
+    stored = {f"{e['kind']}/{e['key']}" for e in Store(store_root).entries()}
+    report = publishing.snapshot(root)
+    manifest = json.loads((root / pub.MANIFEST).read_text())
+    assert stored - before and set(report.added) == stored - before and not report.dropped
+    assert set(manifest["entries"]) == before | stored
+    assert manifest["entries"][f"delta/{dspec.key}"]["recipe"] == "FineTune"
+    assert pub.Published(root).check() == ([], [])  # every file whole
+    with torch_threads(2), pytest.MonkeyPatch.context() as mp:  # read back with the store empty: nothing computed
+        _no_compute(mp)
+        fresh = _lab(params, root, tmp_path / "empty", threads=2)
+        assert fresh.meta(dspec)["history"] and fresh.mask(gspec) is not None
+    monkeypatch.setattr(store_module, "_current_code", lambda modules: "changed")  # entries of other code
+    again = publishing.snapshot(root)
+    assert not again.added and again.kept == len(manifest["entries"])
+
+
+def test_publish_stored_is_given_alone(tmp_path):
+    from skillgraft import cli
+    for argv in (["publish", "--stored", "--check"], ["publish", "--stored", "01"]):
+        assert cli.main(argv + ["--root", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())
