@@ -65,7 +65,7 @@ compute: setup
 # may only read (SKILLGRAFT_COMPUTE=never): a step that is not published fails at once, naming `make publish`.
 # On a busy machine the kernels' torch threads wait passively (skillgraft/machine.py), as under `skillgraft run`.
 nbval: guard
-	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/survey.ipynb
+	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/results.ipynb book/survey.ipynb
 
 # Everything the book's pages resolve, computed where missing and published into results/ (then commit it).
 publish: setup
@@ -78,7 +78,7 @@ reproduce: setup
 	$(if $(FRESH),rm -rf "$(SKILLGRAFT_HOME)/reproduce")
 	@export SKILLGRAFT_RESULTS=off SKILLGRAFT_STORE="$(SKILLGRAFT_HOME)/reproduce"; \
 	for nb in notebooks/[0-9][0-9]_*.ipynb book/survey.ipynb; do $(BIN)/skillgraft run $$nb --output-dir runs/reproduce || exit 1; done; \
-	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/survey.ipynb
+	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/results.ipynb book/survey.ipynb
 
 test: unit guard spotcheck nbval
 	$(BIN)/skillgraft book --no-execute

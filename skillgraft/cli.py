@@ -67,7 +67,9 @@ def cmd_run(args) -> None:
     path = resolve_notebook(args.notebook)
     params = check_parameters(path, parse_params(args.param or [], args.file or []))
     if args.dry_run:
+        from .parameters import schema_table
         print(f"{path.stem}: parameters OK: {params}")
+        print(schema_table(path, params))
         if args.plan:
             from .publishing import plan_report
             print(plan_report(path, params))
@@ -79,6 +81,11 @@ def cmd_run(args) -> None:
     if note:
         print(f"{path.stem}: {note}", file=sys.stderr, flush=True)
     print(execute(path, output, params, cwd=path.parent))
+
+
+def cmd_parameters(args) -> None:
+    from .parameters import schema_table
+    print(schema_table(resolve_notebook(args.notebook)))
 
 
 def cmd_sweep(args) -> None:
@@ -124,7 +131,7 @@ def _sweepable() -> tuple[str, ...]:
 def cmd_book(args) -> None:
     root = repo_root()
     if not args.no_execute:
-        for nb in list_notebooks(root):
+        for nb in list_notebooks(root) + [root / "book" / "results.ipynb"]:  # the results page reads the chapters
             log.info("executing %s", nb.name)
             execute(nb, nb, {}, cwd=nb.parent)
     jb = Path(sys.executable).with_name("jupyter-book")
@@ -228,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --dry-run: list each stored step, whether it is in the local store, published, or to "
                           "be computed, and estimate the time (loads the model)")
     run.set_defaults(func=cmd_run)
+    pa = sub.add_parser("parameters", help="a chapter's parameters: default, type, accepted values, what each does")
+    pa.add_argument("notebook", help="e.g. 01 or 01_single_task_grafting")
+    pa.set_defaults(func=cmd_parameters)
     sw = sub.add_parser("sweep", help="compute the chapters' fine-tunes, grafts and predictions on a Dask cluster")
     sw.add_argument("chapters", nargs="+", help="e.g. 01 02, or 01_single_task_grafting")
     sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),

@@ -22,9 +22,9 @@ from .masks import Mask
 
 __all__ = [
     "accuracy", "ece", "reliability_bins", "brier", "nll", "softmax", "fit_temperature",
-    "calibration_summary", "recovery",
+    "calibration_summary", 
     "overlap", "jaccard", "overlap_matrix", "RandomOverlap", "random_overlap", "random_overlap_matrix",
-    "average_accuracy", "backward_transfer", "forgetting",
+    "backward_transfer", "forgetting",
     "RankCorrelation", "rank_correlation",
 ]
 
@@ -170,18 +170,6 @@ def calibration_summary(probs, labels, n_bins: int = 10) -> dict[str, float]:
             "brier": brier(probs, labels), "nll": nll(probs, labels)}
 
 
-def recovery(graft: float, finetuned: float, zero_shot: float) -> dict[str, float]:
-    """How much of fine-tuning a graft keeps.
-
-    ``ratio`` = graft / fine-tuned (the paper's "recovers >95%") and ``normalized`` =
-    (graft − zero-shot) / (fine-tuned − zero-shot), the share of the fine-tuning *gain*
-    recovered (NaN when fine-tuning gained nothing).
-    """
-    gain = finetuned - zero_shot
-    return {"ratio": graft / finetuned if finetuned else float("nan"),
-            "normalized": (graft - zero_shot) / gain if gain else float("nan")}
-
-
 # ----------------------------------------------------------------------------- region overlap
 def as_mask(mask, what: str = "mask") -> Mask:
     """A :class:`~skillgraft.masks.Mask`, or a dict {name: bool (or 0/1) tensor or array} as one."""
@@ -286,12 +274,6 @@ def _accuracy_matrix(R, min_tasks: int = 1) -> np.ndarray:
     if not np.all(np.isfinite(np.tril(R))):
         raise ValueError("R must be finite on and below the diagonal (entries above it, tasks not yet seen, may be NaN)")
     return R
-
-
-def average_accuracy(R) -> float:
-    """Mean accuracy over all T tasks after the last stage: (1/T) Σ_j R[T−1, j]."""
-    R = _accuracy_matrix(R)
-    return float(np.mean(R[-1]))
 
 
 def backward_transfer(R) -> float:

@@ -7,9 +7,12 @@ on any screen), and gathers the parameter cell's names into a :class:`Setting`.
 """
 from __future__ import annotations
 
+import ast
+import json
 import re
 import time
 import warnings
+from pathlib import Path
 from typing import Mapping
 
 # before the package's modules import tqdm.auto, which warns in a kernel without ipywidgets
@@ -17,9 +20,10 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 from .chapters import Setting  # noqa: E402
 
-__all__ = ["setup", "elapsed", "show_figure", "say", "regime", "ran"]
+__all__ = ["setup", "elapsed", "show_figure", "say", "regime", "ran", "glue_verdicts", "glued", "glued_figure", "claims_matrix"]
 
 _started: float | None = None
+VERDICT_COLUMN = "all tasks"  # the claims × tasks matrix's last column: each claim's verdict over its tasks
 
 
 def setup(namespace: Mapping[str, object]) -> Setting:
@@ -39,6 +43,8 @@ def setup(namespace: Mapping[str, object]) -> Setting:
     _spaced_headers()
     _text_tables()
     matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "skillgraft"})
+    from . import plots
+    plots.book_style()
     try:
         from matplotlib_inline.backend_inline import set_matplotlib_formats
         set_matplotlib_formats("svg")
@@ -150,3 +156,63 @@ def ran() -> None:
     """Print how long the chapter took since :func:`setup`."""
     print(f"this chapter ran in {elapsed() / 60:.1f} min "
           f"(fine-tuning, grafts and predictions come from the cache when their settings were computed before)")
+
+
+def glue_verdicts(claim: str, verdict: str, frame=None, by: str = "task") -> None:
+    """Glue, not shown, ``claim``'s ``verdict`` and its verdict on each row of ``frame`` (a
+    chapter's table by task, source or sequence; columns ``by`` and ``verdict``; its pooled row is
+    left out: ``verdict`` is the claim's) under ``<claim>_matrix``, for the results page's
+    claims × tasks matrix (:func:`claims_matrix`)."""
+    from myst_nb import glue
+
+    rows = [] if frame is None else [{"claim": claim, "task": str(t), "verdict": str(v)}
+                                     for t, v in zip(frame[by], frame["verdict"]) if t != "pooled"]
+    rows.append({"claim": claim, "task": VERDICT_COLUMN, "verdict": str(verdict)})
+    glue(f"{claim.lower()}_matrix", json.dumps(rows), display=False)
+
+
+def glued(path: str | Path, name: str):
+    """The value glued under ``name`` in the executed notebook at ``path``, read back from its
+    plain-text form (a string, a number, a list); a ``KeyError`` names what is missing."""
+    import nbformat
+
+    for cell in nbformat.read(Path(path), as_version=4).cells:
+        for output in cell.get("outputs", []):
+            glued_as = output.get("metadata", {}).get("scrapbook", {})
+            if glued_as.get("name") == name:
+                return ast.literal_eval(output["data"][glued_as.get("mime_prefix", "") + "text/plain"])
+    raise KeyError(f"{Path(path).name} glues no {name!r}: execute it first (make book)")
+
+
+def glued_figure(path: str | Path, name: str):
+    """The figure glued under ``name`` in the executed notebook at ``path``, as an SVG image to
+    display or glue again (a page pastes another notebook's figure this way: MyST-NB pastes an
+    SVG across pages only as its text form)."""
+    import nbformat
+    from IPython.display import SVG
+
+    for cell in nbformat.read(Path(path), as_version=4).cells:
+        for output in cell.get("outputs", []):
+            glued_as = output.get("metadata", {}).get("scrapbook", {})
+            svg = output.get("data", {}).get(glued_as.get("mime_prefix", "") + "image/svg+xml")
+            if glued_as.get("name") == name and svg is not None:
+                return SVG(data=svg)
+    raise KeyError(f"{Path(path).name} glues no figure {name!r}: execute it first (make book)")
+
+
+def claims_matrix(root: str | Path | None = None):
+    """Every claim's verdict on each task (source for C3, sequence for C5) and its own, as the
+    executed chapters glued them (:func:`glue_verdicts`): columns claim, task, verdict; the pooled
+    verdicts (column :data:`VERDICT_COLUMN`) last."""
+    import pandas as pd
+
+    from .chapters import CHAPTERS
+    from .parameters import repo_root
+
+    folder = Path(root) if root is not None else repo_root() / "notebooks"
+    rows = []
+    for number, name in enumerate(CHAPTERS, start=1):
+        rows += json.loads(glued(folder / f"{name}.ipynb", f"c{number}_matrix"))
+    frame = pd.DataFrame(rows, columns=["claim", "task", "verdict"])
+    pooled = frame.task == VERDICT_COLUMN
+    return pd.concat([frame[~pooled], frame[pooled]], ignore_index=True)

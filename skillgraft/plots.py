@@ -47,9 +47,17 @@ _WIDTH = 6.2         # inches: at most; a phone shows a figure at ~370 px, so th
 _MAX_COLS = 2        # panels per row before a grid wraps
 _NARROW = 2.3        # inches per panel of a grid of small square panels (reliability diagrams, heatmaps)
 _MARKERS = {"graft": ("o", "-"), "top-movement": ("s", "--"), "random": ("^", ":")}  # lines that coincide stay apart
-plt.rcParams.update({"font.size": 11, "axes.titlesize": 11.5, "axes.labelsize": 11, "xtick.labelsize": 10,
-                     "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 12})
 _LABELS = {"ece": "ECE", "nll": "NLL", "brier": "Brier score", "accuracy": "accuracy"}  # axis names of metric columns
+
+
+BOOK_STYLE = {"font.size": 11, "axes.titlesize": 11.5, "axes.labelsize": 11, "xtick.labelsize": 10,
+              "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 12}
+
+
+def book_style() -> None:
+    """The book's type sizes for figures (what :func:`skillgraft.notebook.setup` sets): legible at
+    the width a phone shows a figure. Importing this module changes no setting."""
+    plt.rcParams.update(BOOK_STYLE)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -150,6 +150,11 @@ class Verdict:
     def report(self) -> str:
         return "\n".join([*(f"- {r}" for r in self.reasons), str(self)])
 
+    def summary(self) -> str:
+        """The reasons as one line: "; " between them, a space after one that introduces the next (ends with ":")."""
+        return "".join(r + ("" if i == len(self.reasons) - 1 else " " if r.endswith(":") else "; ")
+                       for i, r in enumerate(self.reasons))
+
 
 # ---------------------------------------------------------------------------- bootstrap
 Group = Sequence[np.ndarray]  # arrays of one data seed, aligned on its test examples (first axis)

@@ -11,6 +11,7 @@ from skillgraft.chapters import calibration as c02
 from skillgraft.chapters import continual as c05
 from skillgraft.chapters import ood as c03
 from skillgraft.chapters import single_task as c01
+from skillgraft.chapters.predictions import Predictions
 
 N = 40
 
@@ -23,6 +24,14 @@ def right_on(share: float, confidence: float = 0.9) -> tuple[np.ndarray, np.ndar
     return np.stack([p0, 1 - p0], axis=1), np.zeros(N, dtype=int)
 
 
+def typed(chapter, probs: dict) -> Predictions:
+    """Hand-made predictions keyed as (value of each of the chapter's FIELDS), named by those fields."""
+    out = Predictions(*chapter.FIELDS)
+    for key, prediction in probs.items():
+        out.add(prediction, **dict(zip(chapter.FIELDS, key)))
+    return out
+
+
 def test_single_task_intervals_gain_recovery_share_kept_and_random():
     probs = {}
     for seed in (13, 21):
@@ -33,15 +42,15 @@ def test_single_task_intervals_gain_recovery_share_kept_and_random():
         probs["mr", seed, "grow", np.nan, "top-movement"] = right_on(0.9)
         probs["mr", seed, "refine", 1e-4, "graft"] = right_on(0.6)  # another start: not read for "grow"
         probs["mr", seed, "refine", 1e-4, "random"] = right_on(0.5)
-    got = c01.intervals(SimpleNamespace(probs=probs), "grow", 1e-4, n_boot=200)["mr"]
+    got = c01.intervals(SimpleNamespace(probs=typed(c01, probs)), "grow", 1e-4, n_boot=200)["mr"]
     assert got["gain"].estimate == pytest.approx(0.5)
     assert got["recovery"].estimate == pytest.approx(0.9)
     assert got["normalized"].estimate == pytest.approx(0.8)         # (0.9 − 0.5) / (1.0 − 0.5)
     assert got["vs_random"].estimate == pytest.approx(0.4)
     assert all(i.low <= i.estimate <= i.high for i in got.values())
-    refine = c01.intervals(SimpleNamespace(probs=probs), "refine", 1e-4, n_boot=200)["mr"]
+    refine = c01.intervals(SimpleNamespace(probs=typed(c01, probs)), "refine", 1e-4, n_boot=200)["mr"]
     assert refine["recovery"].estimate == pytest.approx(0.6)
-    assert c01.intervals(SimpleNamespace(probs=probs), "refine", 1e-5, n_boot=50) == {}
+    assert c01.intervals(SimpleNamespace(probs=typed(c01, probs)), "refine", 1e-5, n_boot=50) == {}
 
 
 def test_single_task_pooled_intervals_weigh_tasks_by_their_test_examples():
@@ -52,7 +61,7 @@ def test_single_task_pooled_intervals_weigh_tasks_by_their_test_examples():
             probs[task, seed, None, np.nan, "fine-tuned"] = right_on(1.0)
             probs[task, seed, "grow", np.nan, "graft"] = right_on(graft)
             probs[task, seed, "grow", np.nan, "random"] = right_on(0.5)
-    result = SimpleNamespace(probs=probs)
+    result = SimpleNamespace(probs=typed(c01, probs))
     both = c01.pooled_intervals(result, "grow", 1e-4, ["mr", "sms"], n_boot=200)
     assert both["recovery"].estimate == pytest.approx(0.8)        # (0.9 + 0.7) / 2 over equal test sets
     assert both["normalized"].estimate == pytest.approx(0.6)      # (0.8 − 0.5) / (1.0 − 0.5)
@@ -68,14 +77,14 @@ def test_calibration_intervals_pool_tasks_and_seeds():
             probs[task, seed, "graft"] = right_on(0.9, confidence=0.9)         # calibrated: ECE 0
             probs[task, seed, "fine-tuned"] = right_on(0.8, confidence=0.99)   # over-confident
             probs[task, seed, "fine-tuned+TS"] = right_on(0.8, confidence=0.95)
-    reduction, gap = c02.intervals(SimpleNamespace(probs=probs), n_boot=200)
+    reduction, gap = c02.intervals(SimpleNamespace(probs=typed(c02, probs)), n_boot=200)
     ft_ece = metrics.ece(*right_on(0.8, confidence=0.99))
     assert ft_ece == pytest.approx(0.19) and metrics.ece(*right_on(0.9)) == pytest.approx(0.0, abs=1e-9)
     assert gap.estimate == pytest.approx(ft_ece) and reduction.estimate == pytest.approx(1.0)
     assert gap.low > 0
-    ts, _ = c02.intervals(SimpleNamespace(probs=probs), against="fine-tuned+TS", n_boot=200)
+    ts, _ = c02.intervals(SimpleNamespace(probs=typed(c02, probs)), against="fine-tuned+TS", n_boot=200)
     assert ts.estimate == pytest.approx(1.0)
-    assert c02.intervals(SimpleNamespace(probs={}), n_boot=50) == (None, None)
+    assert c02.intervals(SimpleNamespace(probs=typed(c02, {})), n_boot=50) == (None, None)
 
 
 def test_calibration_gains_and_the_tested_tasks_pool():
@@ -85,7 +94,7 @@ def test_calibration_gains_and_the_tested_tasks_pool():
             probs[task, seed, "zero-shot"] = right_on(zero)
             probs[task, seed, "fine-tuned"] = right_on(tuned, confidence=0.99)
             probs[task, seed, "graft"] = right_on(0.9 if task == "mr" else 0.8, confidence=0.9)
-    cal = SimpleNamespace(probs=probs)
+    cal = SimpleNamespace(probs=typed(c02, probs))
     g = c02.gains(cal, n_boot=200)
     assert g["mr"].estimate == pytest.approx(0.3) and g["mr"].sign > 0 and g["sms"].estimate == 0 and g["sms"].sign == 0
     only_mr = c02.intervals(cal, tasks=["mr"], n_boot=200)
@@ -100,13 +109,13 @@ def test_ood_intervals_per_pair_and_pooled_per_source():
         for target, (g, f) in {"mr": (0.9, 0.9), "imdb-sent": (0.8, 0.6), "yelp-sent": (0.7, 0.7)}.items():
             probs["mr", target, seed, "graft"] = right_on(g)
             probs["mr", target, seed, "fine-tuned"] = right_on(f)
-    overall, per = c03.intervals(SimpleNamespace(probs=probs), n_boot=200)
+    overall, per = c03.intervals(SimpleNamespace(probs=typed(c03, probs)), n_boot=200)
     assert set(per) == {"mr→imdb-sent", "mr→yelp-sent"}                   # in-distribution left out
     assert per["mr→imdb-sent"].estimate == pytest.approx(0.2) and per["mr→imdb-sent"].low > 0
     assert per["mr→yelp-sent"].estimate == pytest.approx(0.0)
     assert overall.estimate == pytest.approx(0.1)                          # the two targets pooled
     only_in = {k: v for k, v in probs.items() if k[1] == "mr"}
-    assert c03.intervals(SimpleNamespace(probs=only_in), n_boot=50) == (None, {})
+    assert c03.intervals(SimpleNamespace(probs=typed(c03, only_in)), n_boot=50) == (None, {})
 
 
 def test_ood_verdict_source_by_source():
@@ -115,7 +124,7 @@ def test_ood_verdict_source_by_source():
         for source, target, (z, f, g) in (("mr", "imdb-sent", (0.5, 0.8, 0.9)), ("sms", "spamassassin", (0.5, 0.5, 0.5))):
             for variant, share in (("zero-shot", z), ("fine-tuned", f), ("graft", g)):
                 probs[source, target, seed, variant] = right_on(share)
-    result = SimpleNamespace(probs=probs)
+    result = SimpleNamespace(probs=typed(c03, probs))
     assert c03.headroom(result, ["mr"], n_boot=200).estimate == pytest.approx(0.3)
     assert c03.intervals(result, ["sms"], n_boot=200)[0].estimate == pytest.approx(0.0)
     v = c03.verdict(result, n_boot=200)
@@ -138,7 +147,7 @@ def two_stages(forgot: float) -> dict:
 def test_continual_pooled_over_sequences():
     def result(forgot: float):
         return SimpleNamespace(matrices={"sequential": pd.DataFrame(np.eye(2), columns=["mr", "sms"])},
-                               probs=two_stages(forgot))
+                               probs=typed(c05, two_stages(forgot)))
     a, b = result(0.4), result(0.2)
     assert c05.name(a) == "mr → sms"
     bwt, _ = c05.pooled_intervals([a, b], n_boot=200)
@@ -156,11 +165,11 @@ def test_continual_intervals_backward_transfer_and_final_accuracy():
             probs[seed, method, 0, 0] = right_on(0.9)        # mr just learned
             probs[seed, method, 1, 0] = right_on(after)       # mr after sms
             probs[seed, method, 1, 1] = right_on(0.8)        # sms
-    bwt, final = c05.intervals(SimpleNamespace(matrices={"sequential": R}, probs=probs), n_boot=200)
+    bwt, final = c05.intervals(SimpleNamespace(matrices={"sequential": R}, probs=typed(c05, probs)), n_boot=200)
     assert bwt.estimate == pytest.approx(0.4)     # graft: 0.9 − 0.9; sequential: 0.5 − 0.9
     assert final.estimate == pytest.approx(0.2)   # mean of (0.9, 0.8) − mean of (0.5, 0.8)
     assert bwt.low > 0
-    one = SimpleNamespace(matrices={"sequential": R[["mr"]]}, probs=probs)
+    one = SimpleNamespace(matrices={"sequential": R[["mr"]]}, probs=typed(c05, probs))
     assert c05.intervals(one) == (None, None)
 
 
@@ -169,7 +178,7 @@ def test_calibration_reduction_by_task_matches_the_pooled_estimate_on_one_task()
     for seed in (13, 21):
         probs["mr", seed, "graft"] = right_on(0.9, confidence=0.9)
         probs["mr", seed, "fine-tuned"] = right_on(0.8, confidence=0.99)
-    cal = SimpleNamespace(probs=probs)
+    cal = SimpleNamespace(probs=typed(c02, probs))
     by_task = c02.reduction_by_task(cal)
     reduction, _ = c02.intervals(cal, n_boot=50)
     assert list(by_task.index) == ["mr"] and by_task["mr"] == pytest.approx(reduction.estimate) == pytest.approx(1.0)
@@ -203,7 +212,7 @@ def test_single_task_by_task_and_forest_rows():
                 probs[task, seed, start, np.nan, variant] = right_on(share)
                 rows.append(dict(task=task, seed=seed, start=start, target=np.nan, variant=variant, accuracy=share,
                                  mask_size=10 if start else np.nan))
-    result = SimpleNamespace(probs=probs, results=pd.DataFrame(rows))
+    result = SimpleNamespace(probs=typed(c01, probs), results=pd.DataFrame(rows))
     table = c01.by_task(result, "grow", 1e-4, n_boot=100).set_index("task")
     assert list(table.index) == ["cr", "mr", "sms", "pooled"]
     assert table.loc["cr", "verdict"] == "not testable here"              # fine-tuning gained nothing on cr
@@ -223,7 +232,7 @@ def test_calibration_by_task_and_forest_rows():
                 probs[task, seed, variant] = right_on(share, confidence=conf)
                 rows.append(dict(task=task, seed=seed, variant=variant, ece=metrics.ece(*probs[task, seed, variant]),
                                  confidence=conf, accuracy=share))
-    cal = SimpleNamespace(probs=probs, results=pd.DataFrame(rows))
+    cal = SimpleNamespace(probs=typed(c02, probs), results=pd.DataFrame(rows))
     table = c02.by_task(cal, n_boot=100).set_index("task")
     assert list(table.index) == ["mr", "cr", "sms", "pooled"]
     assert table.loc["sms", "verdict"] == "not testable here" and table.loc["pooled", "seeds"] == 2
@@ -239,7 +248,7 @@ def test_ood_by_source_and_forest_rows():
                                           ("sms", "spamassassin", (0.5, 0.5, 0.5))):
             for variant, share in (("zero-shot", z), ("fine-tuned", f), ("graft", g)):
                 probs[source, target, seed, variant] = right_on(share)
-    result = SimpleNamespace(probs=probs)
+    result = SimpleNamespace(probs=typed(c03, probs))
     table = c03.by_source(result, n_boot=100).set_index("source")
     assert list(table.index) == ["cr", "mr", "sms", "pooled"]
     assert table.loc["sms", "verdict"] == "not testable here" and table.loc["mr", "targets"] == "imdb-sent"
@@ -252,7 +261,7 @@ def test_continual_by_sequence_forest_and_merged():
     def result(tasks, forgot: float):
         frame = pd.DataFrame(dict(seed=[13], fit=[True]))
         return c05.Continual({"sequential": pd.DataFrame(np.eye(2), columns=tasks)}, frame, frame, frame,
-                             two_stages(forgot), frame, frame)
+                             typed(c05, two_stages(forgot)), frame, frame)
     a, b, c = result(["mr", "trec"], 0.4), result(["subj", "bbc"], 0.2), result(["sms", "cr"], 0.0)
     table = c05.by_sequence([a, b, c], n_boot=100).set_index("sequence")
     assert list(table.index) == ["mr → trec", "subj → bbc", "sms → cr", "pooled"]

@@ -123,12 +123,6 @@ def test_softmax_rejects_bad_temperature():
         M.softmax(np.zeros((2, 2)), temperature=0.0)
 
 
-def test_recovery():
-    out = M.recovery(graft=0.86, finetuned=0.90, zero_shot=0.80)
-    assert out["ratio"] == pytest.approx(0.86 / 0.90)
-    assert out["normalized"] == pytest.approx(0.6)
-
-
 # ----------------------------------------------------------------------------- overlap
 @pytest.fixture
 def masks():
@@ -215,8 +209,6 @@ R_HAND = pd.DataFrame([[0.90, 0.50, 0.40],
 
 
 def test_continual_scores_hand_values():
-    # average accuracy: (0.60 + 0.75 + 0.85) / 3
-    assert M.average_accuracy(R_HAND) == pytest.approx(2.2 / 3)
     # BWT: ((0.60 - 0.90) + (0.75 - 0.80)) / 2 = (-0.30 - 0.05) / 2
     assert M.backward_transfer(R_HAND) == pytest.approx(-0.175)
     # forgetting: task 0 peaks at stage 1 (0.95 - 0.60 = 0.35), task 1 at stage 1 (0.80 - 0.75 = 0.05)
@@ -230,7 +222,7 @@ def test_continual_scores_hand_values():
 
 def test_continual_scores_reject_bad_matrices():
     with pytest.raises(ValueError, match="square"):
-        M.average_accuracy(np.ones((2, 3)))
+        M.backward_transfer(np.ones((2, 3)))
     with pytest.raises(ValueError, match="at least 2"):
         M.backward_transfer(np.ones((1, 1)))
     with pytest.raises(ValueError, match="below the diagonal"):

@@ -7,6 +7,7 @@ import pytest
 from skillgraft import verdicts as vd
 from skillgraft.chapters import calibration as c02, continual as c05, multitask as c04, ood as c03, single_task as c01
 from skillgraft.verdicts import Interval
+from test_intervals import typed
 
 
 def _probs(correct: np.ndarray, confidence: float = 0.9) -> np.ndarray:
@@ -231,15 +232,21 @@ def test_ood_headroom_and_continual_forgetting_on_hand_made_results():
 
     n = 50
     right, wrong, half = np.ones(n, bool), np.zeros(n, bool), np.arange(n) % 2 == 0
-    ood = SimpleNamespace(probs={("s", "s", 1, "fine-tuned"): _onehot(right), ("s", "s", 1, "zero-shot"): _onehot(wrong),
-                                 ("s", "t", 1, "fine-tuned"): _onehot(right), ("s", "t", 1, "zero-shot"): _onehot(half)})
+    ood = SimpleNamespace(probs=typed(c03, {("s", "s", 1, "fine-tuned"): _onehot(right), ("s", "s", 1, "zero-shot"): _onehot(wrong),
+                                            ("s", "t", 1, "fine-tuned"): _onehot(right), ("s", "t", 1, "zero-shot"): _onehot(half)}))
     room = c03.headroom(ood, n_boot=200)
     assert room.estimate == pytest.approx(0.5) and room.low > 0            # in-distribution rows are left out
-    assert c03.headroom(SimpleNamespace(probs={("s", "s", 1, "fine-tuned"): _onehot(right)})) is None
+    assert c03.headroom(SimpleNamespace(probs=typed(c03, {("s", "s", 1, "fine-tuned"): _onehot(right)}))) is None
     R = pd.DataFrame(np.eye(2), columns=["a", "b"])
-    seq = SimpleNamespace(matrices={"sequential": R}, probs={
+    seq = SimpleNamespace(matrices={"sequential": R}, probs=typed(c05, {
         (1, "sequential", 0, 0): _onehot(right), (1, "sequential", 1, 0): _onehot(half),
-        (1, "sequential", 1, 1): _onehot(right)})
+        (1, "sequential", 1, 1): _onehot(right)}))
     forgot = c05.forgetting(seq, n_boot=200)
     assert forgot.estimate == pytest.approx(0.5) and forgot.low > 0
-    assert c05.forgetting(SimpleNamespace(matrices={"sequential": R[["a"]]}, probs={})) is None
+    assert c05.forgetting(SimpleNamespace(matrices={"sequential": R[["a"]]}, probs=typed(c05, {}))) is None
+
+
+def test_a_verdicts_summary_reads_as_one_line():
+    v = vd.Verdict("C1", "holds", ("pooled over the 2 tested tasks (mr, sms):", "recovery 98%", "task by task: holds on 2"))
+    assert v.summary() == "pooled over the 2 tested tasks (mr, sms): recovery 98%; task by task: holds on 2"
+    assert vd.Verdict("C4", "fails", ()).summary() == ""

@@ -2,6 +2,8 @@
 
 - The footer of every page: the skillgraft version, the commit the book was built from
   (marked "+ local changes" when the working tree differed) and the build date.
+- The page ``book/rerunning``: each chapter's parameter table, from its schema
+  (:func:`skillgraft.parameters.schema`), so the page lists what the checks accept.
 - The page ``book/execution``: per chapter, when its committed outputs were executed, how
   long that took and the parameters it ran with, read from the notebooks' papermill
   metadata at build time (so the page cannot disagree with the notebooks).
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -51,9 +54,18 @@ def execution_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def parameter_table(chapter: str) -> str:
+    """A chapter's parameters as its schema gives them (:func:`skillgraft.parameters.schema_table`)."""
+    from skillgraft.parameters import schema_table
+
+    return schema_table(ROOT / "notebooks" / f"{chapter}.ipynb") + "\n"
+
+
 def _source_read(app, docname: str, source: list[str]) -> None:
     if docname == "book/execution":
         source[0] = source[0].replace("<!-- execution table -->", execution_table())
+    if docname == "book/rerunning":
+        source[0] = re.sub(r"<!-- parameters (\w+) -->", lambda m: parameter_table(m.group(1)), source[0])
 
 
 def _page_context(app, pagename, templatename, context, doctree) -> None:

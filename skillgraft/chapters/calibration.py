@@ -15,10 +15,12 @@ from .. import metrics as mt
 from .. import verdicts
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, confidence_words, difference_words, fine_tune_regime, graft_regime, three_models, scores, evidence
+from .predictions import Predictions
 
 __all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "gains", "tested", "rule", "rule_across", "verdict", "by_task", "forest", "caveats", "evidence", "reading"]
 
 
+FIELDS = ("task", "seed", "variant")  # what names a prediction
 ECE_REDUCTION = 0.40   # the low end of the paper's "40-90% lower calibration error"
 
 
@@ -32,7 +34,7 @@ def run(p: dict, setting: Setting | None = None) -> "Calibration":
 class Calibration:
     results: pd.DataFrame      # task, seed, variant, accuracy, ece, brier, nll, confidence, temperature
     reliability: pd.DataFrame  # task, variant, bin, lower, upper, count, confidence, accuracy, gap (seeds pooled)
-    probs: dict = field(default_factory=dict)  # (task, seed, variant) -> (probs, labels) on the test set
+    probs: Predictions = field(default_factory=lambda: Predictions(*FIELDS))  # test-set predictions, by FIELDS
     regime: pd.DataFrame = None  # fine_tune_regime of the fine-tunes
     grafts: pd.DataFrame = None  # graft_regime of the grafts
 
@@ -41,12 +43,12 @@ def calibration(tasks: list[str], seeds: list[int], sparsity: float, setting: Se
     """Zero-shot, fine-tuned (plain and temperature-scaled on dev) and grafted models;
     ECE and reliability bins with ``n_bins`` equal-width confidence bins."""
     lab = setting.lab()
-    rows, pooled, kept, dspecs, gspecs = [], {}, {}, [], []
+    rows, pooled, kept, dspecs, gspecs = [], {}, Predictions(*FIELDS), [], []
     for task, seed in itertools.product(tasks, seeds):
         variants = three_models(lab, setting, task, seed, sparsity, dspecs, gspecs)
         for v in variants:
             probs, labels = lab.predict(task, v)
-            kept[task, seed, v.name] = (probs, labels)
+            kept.add((probs, labels), task=task, seed=seed, variant=v.name)
             rows.append(dict(task=task, seed=seed, variant=v.name, temperature=1.0, **scores(probs, labels, n_bins)))
             pooled.setdefault((task, v.name), []).append((probs, labels))
         # temperature scaling of the fine-tuned model, fitted on its dev predictions
@@ -56,7 +58,7 @@ def calibration(tasks: list[str], seeds: list[int], sparsity: float, setting: Se
         scaled = mt.softmax(np.log(np.clip(probs, 1e-12, None)), temperature=temp)
         rows.append(dict(task=task, seed=seed, variant="fine-tuned+TS", temperature=temp, **scores(scaled, labels, n_bins)))
         pooled.setdefault((task, "fine-tuned+TS"), []).append((scaled, labels))
-        kept[task, seed, "fine-tuned+TS"] = (scaled, labels)
+        kept.add((scaled, labels), task=task, seed=seed, variant="fine-tuned+TS")
     bins = []
     for (task, variant), parts in pooled.items():
         probs = np.concatenate([p for p, _ in parts])
@@ -72,8 +74,8 @@ def intervals(cal: Calibration, n_bins: int = 10, against: str = "fine-tuned", t
     """(relative ECE reduction, ECE gap) of the graft against ``against``, over ``tasks`` (default:
     all) and seeds pooled (each task × seed a bootstrap group), for :func:`rule`; (None, None) for none."""
     def compute():
-        groups = [(cal.probs[t, s, "graft"][0], cal.probs[t, s, against][0], cal.probs[t, s, "graft"][1])
-                  for t, s, v in cal.probs if v == "graft" and (tasks is None or t in tasks)]
+        groups = [(graft.probs, cal.probs.get(task=k["task"], seed=k["seed"], variant=against).probs, graft.labels)
+                  for k, graft in cal.probs.find(variant="graft") if tasks is None or k["task"] in tasks]
         if not groups:
             return None, None
         return verdicts.ece_reduction(groups, n_bins, **kw), verdicts.ece_gap(groups, n_bins, **kw)
@@ -89,10 +91,11 @@ def gains(cal: Calibration, **kw) -> dict[str, Interval]:
 
 def _gains(cal: Calibration, **kw) -> dict[str, Interval]:
     out = {}
-    for task in dict.fromkeys(t for t, _, v in cal.probs if v == "graft"):
-        seeds = [s for t, s, v in cal.probs if t == task and v == "graft"]
-        out[task] = verdicts.accuracy_gap([(cal.probs[task, s, "fine-tuned"][0], cal.probs[task, s, "zero-shot"][0],
-                                            cal.probs[task, s, "zero-shot"][1]) for s in seeds], **kw)
+    for task in cal.probs.values("task", variant="graft"):
+        model = lambda seed, variant: cal.probs.get(task=task, seed=seed, variant=variant)
+        out[task] = verdicts.accuracy_gap([(model(s, "fine-tuned").probs, model(s, "zero-shot").probs,
+                                            model(s, "zero-shot").labels)
+                                           for s in cal.probs.values("seed", task=task, variant="graft")], **kw)
     return out
 
 
@@ -192,9 +195,9 @@ def reduction_by_task(cal: Calibration, n_bins: int = 10, against: str = "fine-t
     """Per task, the relative ECE reduction of the graft against ``against`` with each model's
     predictions pooled over seeds — the same estimate as :func:`intervals`' pooled one, task by task."""
     out = {}
-    for task in dict.fromkeys(t for t, _, _ in cal.probs):
+    for task in cal.probs.values("task"):
         def ece(variant):
-            parts = [cal.probs[k] for k in cal.probs if k[0] == task and k[2] == variant]
+            parts = [p for _, p in cal.probs.find(task=task, variant=variant)]
             return mt.ece(np.concatenate([p for p, _ in parts]), np.concatenate([y for _, y in parts]), n_bins)
         ref = ece(against)
         out[task] = (ref - ece("graft")) / ref if ref > 0 else np.nan

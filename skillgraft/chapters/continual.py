@@ -18,9 +18,12 @@ from ..models import num_graftable
 from ..recipes import Difference, Stitch
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, difference_words, families, fine_tune_regime, graft_regime, pooled, evidence
+from .predictions import Predictions
 
 __all__ = ["forgetting", "CONTINUAL_METHODS", "Continual", "run", "continual", "continual_many", "evaluated", "intervals", "pooled_intervals", "pooled_forgetting",
            "name", "verdict", "rule", "rule_across", "merged", "by_sequence", "forest", "caveats", "evidence", "reading"]
+
+FIELDS = ("seed", "method", "stage", "task")  # what names a prediction: stage t and task j, counted from 0
 
 
 def run(p: dict, setting: Setting | None = None) -> list["Continual"]:
@@ -45,7 +48,7 @@ class Continual:
     summary: pd.DataFrame     # method, average_accuracy, backward_transfer, forgetting (means over seeds)
     regions: pd.DataFrame     # seed, stage, task, region size, sparsity
     per_seed: pd.DataFrame = None  # seed, method, average_accuracy, backward_transfer, forgetting
-    probs: dict = field(default_factory=dict)  # (seed, method, stage t, task j) -> (probs, labels)
+    probs: Predictions = field(default_factory=lambda: Predictions(*FIELDS))  # test-set predictions, by FIELDS
     regime: pd.DataFrame = None    # fine_tune_regime of the stages
     grafts: pd.DataFrame = None    # graft_regime of the stage grafts
 
@@ -68,7 +71,7 @@ def continual(sequence: list[str], seeds: list[int] | int, sparsity: float, sett
     idx = pd.Index(range(1, T + 1), name="after stage")
     cols = pd.Index(sequence, name="task")
     methods = CONTINUAL_METHODS + (("multitask",) if with_multitask else ())
-    per_seed_R, kept, regions, dspecs, gspecs = {m: [] for m in methods}, {}, [], [], []
+    per_seed_R, kept, regions, dspecs, gspecs = {m: [] for m in methods}, Predictions(*FIELDS), [], [], []
     for seed in seeds:
         stages = [lab.fine_tune(sequence, setting.k, seed, setting.finetune, mode="sequential", stage=t)
                   for t in range(T)]
@@ -84,7 +87,7 @@ def continual(sequence: list[str], seeds: list[int] | int, sparsity: float, sett
 
         def record(method, t, j, task, variant):
             pred = lab.predict(task, variant)
-            kept[seed, method, t, j] = pred
+            kept.add(pred, seed=seed, method=method, stage=t, task=j)
             R[method].iloc[t, j] = mt.accuracy(*pred)
 
         for t in range(T):
@@ -140,18 +143,18 @@ def _groups(result: Continual, method: str) -> tuple[list, list]:
     """Per seed, the bootstrap groups of (backward transfer, final average accuracy) of ``method``
     against sequential fine-tuning; empty for a one-task sequence."""
     T = len(_sequence(result))
-    seeds = sorted({k[0] for k in result.probs})
+    seeds = sorted(result.probs.values("seed"))
     if T < 2:
         return [], []
-    p = lambda seed, m, t, j: result.probs[seed, m, t, j][0]
+    p = lambda seed, m, t, j: result.probs.get(seed=seed, method=m, stage=t, task=j).probs
+    labels = lambda seed, j: result.probs.get(seed=seed, method="sequential", stage=j, task=j).labels
     bwt, final = [], []
     for seed in seeds:
         # BWT = mean over j < T of R[T, j] − R[j, j]; test sets of equal size, so pooling is the mean
         bwt.append(pooled([(p(seed, method, T - 1, j), p(seed, method, j, j), p(seed, "sequential", T - 1, j),
-                             p(seed, "sequential", j, j), result.probs[seed, "sequential", j, j][1])
-                            for j in range(T - 1)]))
-        final.append(pooled([(p(seed, method, T - 1, j), p(seed, "sequential", T - 1, j),
-                               result.probs[seed, "sequential", j, j][1]) for j in range(T)]))
+                             p(seed, "sequential", j, j), labels(seed, j)) for j in range(T - 1)]))
+        final.append(pooled([(p(seed, method, T - 1, j), p(seed, "sequential", T - 1, j), labels(seed, j))
+                             for j in range(T)]))
     return bwt, final
 
 
@@ -179,9 +182,9 @@ def _forgetting_groups(result: Continual, method: str) -> list:
     T = len(_sequence(result))
     if T < 2:
         return []
-    seeds = sorted({k[0] for k in result.probs})
-    return [pooled([(result.probs[seed, method, j, j][0], result.probs[seed, method, T - 1, j][0],
-                     result.probs[seed, method, j, j][1]) for j in range(T - 1)]) for seed in seeds]
+    p = lambda seed, t, j: result.probs.get(seed=seed, method=method, stage=t, task=j)
+    return [pooled([(p(seed, j, j).probs, p(seed, T - 1, j).probs, p(seed, j, j).labels) for j in range(T - 1)])
+            for seed in sorted(result.probs.values("seed"))]
 
 
 def forgetting(result: Continual, method: str = "sequential", **kw) -> Interval | None:
@@ -221,7 +224,7 @@ def verdict(results: list[Continual], method: str = "graft (task known)", **kw) 
 
 def merged(results: list[Continual]) -> Continual:
     """Several sequences' results as one, for the tables: every frame with a ``sequence`` column first,
-    the matrices keyed "sequence: method" (probs are left per sequence: intervals read each result)."""
+    the matrices keyed "sequence: method" (no predictions: intervals read each sequence's own result)."""
     def cat(frames, names):
         frames = [f.assign(sequence=n) for f, n in zip(frames, names) if f is not None]
         out = pd.concat(frames, ignore_index=True)
@@ -229,7 +232,7 @@ def merged(results: list[Continual]) -> Continual:
     names = [name(r) for r in results]
     return Continual({f"{n}: {m}": R for n, r in zip(names, results) for m, R in r.matrices.items()},
                      cat([r.summary for r in results], names), cat([r.regions for r in results], names),
-                     cat([r.per_seed for r in results], names), {},
+                     cat([r.per_seed for r in results], names), Predictions(*FIELDS),
                      cat([r.regime for r in results], names), cat([r.grafts for r in results], names))
 
 
@@ -243,7 +246,7 @@ def by_sequence(results: list[Continual], method: str = "graft (task known)", **
         rows.append(("pooled", pool, tested, True))
     fmt = lambda i: i.cell("+.1f", 100, " pt") if i is not None else "—"
     return pd.DataFrame([dict(sequence=label, families=families([t for r in on for t in _sequence(r)]),
-                              seeds=len({k[0] for r in on for k in r.probs}), forgetting=fmt(forgot),
+                              seeds=len({s for r in on for s in r.probs.values("seed")}), forgetting=fmt(forgot),
                               backward_transfer_gap=fmt(bwt), final_accuracy_gap=fmt(acc),
                               verdict=rule(bwt, acc, forgot).verdict if counts else verdicts.UNTESTABLE)
                          for label, (bwt, acc, forgot), on, counts in rows])

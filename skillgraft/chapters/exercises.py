@@ -123,7 +123,7 @@ def _calibration(result, p: dict) -> str:
     temp = result.results[result.results.variant == "fine-tuned+TS"].temperature.mean()
     return (f"fine-tuned accuracy {res.loc['fine-tuned', 'accuracy']:.3f}, ECE {res.loc['fine-tuned', 'ece']:.3f}; "
             f"graft accuracy {res.loc['graft', 'accuracy']:.3f}, ECE {res.loc['graft', 'ece']:.3f}; fitted temperature "
-            f"{temp:.2f}; {'; '.join(verdict.reasons)}; verdict: {verdict.verdict}")
+            f"{temp:.2f}; {verdict.summary()}; verdict: {verdict.verdict}")
 
 
 def _ood(result, p: dict) -> str:
@@ -134,7 +134,7 @@ def _ood(result, p: dict) -> str:
     res = result.results
     ind = res[res.in_distribution].groupby("variant").accuracy.mean()
     return (f"in distribution: fine-tuned {ind['fine-tuned']:.3f}, graft {ind['graft']:.3f}; "
-            f"{'; '.join(verdict.reasons)}; verdict: {verdict.verdict}")
+            f"{verdict.summary()}; verdict: {verdict.verdict}")
 
 
 def _multitask(result, p: dict) -> str:
@@ -146,7 +146,7 @@ def _multitask(result, p: dict) -> str:
     if result.alt_overlap is not None:
         off = ~np.eye(len(result.alt_overlap), dtype=bool)
         alt = f"; from the {result.alt_base} base patch the mean overlap is {result.alt_overlap.values[off].mean():.1%}"
-    return f"pair overlaps {pairs}; {'; '.join(verdict.reasons)}{alt}; verdict: {verdict.verdict}"
+    return f"pair overlaps {pairs}; {verdict.summary()}{alt}; verdict: {verdict.verdict}"
 
 
 def _continual(results, p: dict) -> str:
@@ -159,7 +159,7 @@ def _continual(results, p: dict) -> str:
         parts.append(f"{ch.name(r)}: " + ", ".join(
             f"{m}: average accuracy {s.loc[m, 'average_accuracy']:.3f}, backward transfer "
             f"{s.loc[m, 'backward_transfer']:+.3f}" for m in ("sequential", "graft (task known)")))
-    return f"{'; '.join(parts)}; {'; '.join(verdict.reasons)}; verdict: {verdict.verdict}"
+    return f"{'; '.join(parts)}; {verdict.summary()}; verdict: {verdict.verdict}"
 
 
 _MEASURED = {"01_single_task_grafting": _single_task, "02_calibration": _calibration, "03_ood": _ood,

@@ -14,9 +14,12 @@ from .. import tasks as tk
 from .. import verdicts
 from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, difference_words, families, fine_tune_regime, graft_regime, three_models, pooled, scores
+from .predictions import Predictions
 
 __all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "rule_across", "verdict", "by_source", "forest", "caveats", "evidence",
            "reading"]
+
+FIELDS = ("source", "target", "seed", "variant")  # what names a prediction (target: the test set)
 
 
 def run(p: dict, setting: Setting | None = None) -> "OOD":
@@ -27,7 +30,7 @@ def run(p: dict, setting: Setting | None = None) -> "OOD":
 @dataclass
 class OOD:
     results: pd.DataFrame    # source, target, seed, variant, in_distribution, accuracy, ece, brier, nll, confidence
-    probs: dict = field(default_factory=dict)  # (source, target, seed, variant) -> (probs, labels)
+    probs: Predictions = field(default_factory=lambda: Predictions(*FIELDS))  # test-set predictions, by FIELDS
     regime: pd.DataFrame = None  # fine_tune_regime of the sources' fine-tunes
     grafts: pd.DataFrame = None  # graft_regime of their grafts
 
@@ -51,13 +54,13 @@ def ood(sources: list[str], targets: list[str], seeds: list[int], sparsity: floa
                          f"prompt, so its classes must be the source's; sources {sources} have "
                          f"{sorted({tk.get_task(s).class_names for s in sources})}")
     lab = setting.lab()
-    rows, kept, dspecs, gspecs = [], {}, [], []
+    rows, kept, dspecs, gspecs = [], Predictions(*FIELDS), [], []
     for source, seed in itertools.product(sources, seeds):
         variants = three_models(lab, setting, source, seed, sparsity, dspecs, gspecs)
         for target in [source] + [t for t in targets if t != source and same_labels(source, t)]:
             for v in variants:
                 probs, labels = lab.predict(target, v, prompt_task=source)
-                kept[source, target, seed, v.name] = (probs, labels)
+                kept.add((probs, labels), source=source, target=target, seed=seed, variant=v.name)
                 rows.append(dict(source=source, target=target, seed=seed, variant=v.name,
                                  in_distribution=target == source, **scores(probs, labels)))
     return OOD(pd.DataFrame(rows), kept, fine_tune_regime(lab, dspecs), graft_regime(lab, gspecs))
@@ -70,13 +73,18 @@ def intervals(result: OOD, sources: list[str] | None = None, **kw) -> tuple:
     return verdicts.memo(result, key, lambda: _intervals(result, sources, **kw))
 
 
+def _shifted(result: OOD, variant: str, sources: list[str] | None = None) -> list[tuple[str, str]]:
+    """The (source, shifted target) pairs ``variant`` was evaluated on, of ``sources`` (default: all)."""
+    return sorted({(k["source"], k["target"]) for k, _ in result.probs.find(variant=variant)
+                   if k["source"] != k["target"] and (sources is None or k["source"] in sources)})
+
+
 def _intervals(result: OOD, sources: list[str] | None = None, **kw) -> tuple:
-    pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "graft"
-                    and (sources is None or s in sources)})
-    seeds = sorted({seed for _, _, seed, _ in result.probs})
+    pairs = _shifted(result, "graft", sources)
+    seeds = sorted(result.probs.values("seed"))
     def group(s, t, seed):
-        return (result.probs[s, t, seed, "graft"][0], result.probs[s, t, seed, "fine-tuned"][0],
-                result.probs[s, t, seed, "graft"][1])
+        graft = result.probs.get(source=s, target=t, seed=seed, variant="graft")
+        return graft.probs, result.probs.get(source=s, target=t, seed=seed, variant="fine-tuned").probs, graft.labels
     per = {f"{s}→{t}": verdicts.accuracy_gap([group(s, t, seed) for seed in seeds], **kw) for s, t in pairs}
     if not pairs:
         return None, per
@@ -97,16 +105,17 @@ def headroom(result: OOD, sources: list[str] | None = None, **kw) -> Interval | 
 
 
 def _headroom(result: OOD, sources: list[str] | None = None, **kw) -> Interval | None:
-    pairs = sorted({(s, t) for s, t, _, v in result.probs if s != t and v == "fine-tuned"
-                    and (sources is None or s in sources)})
-    seeds = sorted({seed for _, _, seed, _ in result.probs})
+    pairs = _shifted(result, "fine-tuned", sources)
+    seeds = sorted(result.probs.values("seed"))
     if not pairs:
         return None
+    def group(s, t, seed):
+        tuned = result.probs.get(source=s, target=t, seed=seed, variant="fine-tuned")
+        return tuned.probs, result.probs.get(source=s, target=t, seed=seed, variant="zero-shot").probs, tuned.labels
     groups = []
     for src in sorted({s for s, _ in pairs}):
         for seed in seeds:
-            groups.append(pooled([(result.probs[s, t, seed, "fine-tuned"][0], result.probs[s, t, seed, "zero-shot"][0],
-                                   result.probs[s, t, seed, "fine-tuned"][1]) for s, t in pairs if s == src]))
+            groups.append(pooled([group(s, t, seed) for s, t in pairs if s == src]))
     return verdicts.accuracy_gap(groups, **kw)
 
 
@@ -131,7 +140,7 @@ def rule(overall: Interval | None, per_target: dict[str, Interval], headroom: In
 def _judged(result: OOD, **kw) -> tuple[dict, list[str], tuple | None]:
     """Per source (overall, per target, headroom); the sources that test C3 (fine-tuning gained on their
     targets); the same three pooled over those (None without one)."""
-    sources = sorted({s for s, t, _, v in result.probs if s != t and v == "graft"})
+    sources = sorted({s for s, _ in _shifted(result, "graft")})
     per = {s: (*intervals(result, [s], **kw), headroom(result, [s], **kw)) for s in sources}
     room = [s for s in sources if per[s][2] is not None and per[s][2].sign > 0]
     return per, room, (*intervals(result, room, **kw), headroom(result, room, **kw)) if room else None
@@ -152,7 +161,7 @@ def by_source(result: OOD, **kw) -> pd.DataFrame:
         overall, per_target, room_ = pool if source == "pooled" else per[source]
         rows.append(dict(source=source, family="—" if source == "pooled" else tk.get_task(source).family,
                          targets=", ".join(sorted({p.split("→")[1] for p in per_target})),
-                         seeds=len({seed for _, _, seed, _ in result.probs}),
+                         seeds=len(result.probs.values("seed")),
                          headroom=room_.cell("+.1f", 100, " pt") if room_ is not None else "—",
                          graft_minus_fine_tuned=overall.cell("+.1f", 100, " pt") if overall is not None else "—",
                          verdict=(rule(overall, per_target, room_).verdict if source == "pooled" or source in room

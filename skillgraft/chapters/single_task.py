@@ -18,11 +18,13 @@ from ..lab import Variant
 from ..models import num_graftable
 from ..verdicts import Verdict
 from .common import MASK_VARIANTS, Setting, caveats, fine_tune_regime, graft_regime, records, scores, evidence
+from .predictions import Predictions
 
 __all__ = ["RECOVERY", "NORMALIZED", "SingleTask", "run", "single_task", "recovery_table", "sparsity_to_reach",
            "intervals", "pooled_intervals", "tested", "task_rule", "task_verdicts", "rule", "verdict", "by_task", "forest", "caveats", "MASK_VARIANTS", "evidence", "reading"]
 
 
+FIELDS = ("task", "seed", "start", "target", "variant")  # what names a prediction (start, target: None unmasked)
 RECOVERY = 0.95        # the paper's ">95% of the fine-tuned performance"
 NORMALIZED = 0.5       # at least half of the fine-tuning gain over zero-shot (ours: the model is good zero-shot)
 
@@ -41,7 +43,7 @@ class SingleTask:
     finetuning: pd.DataFrame # task, seed, step, train_loss, dev_acc, fit_loss, fit_acc
     regime: pd.DataFrame = None   # per fine-tune: kept step, passes, train loss / accuracy (fine_tune_regime)
     grafts: pd.DataFrame = None   # per graft: size, entries in and out, equal to top movement (graft_regime)
-    probs: dict = field(default_factory=dict)  # (task, seed, start, target, variant) -> (probs, labels), test set
+    probs: Predictions = field(default_factory=lambda: Predictions(*FIELDS))  # test-set predictions, by FIELDS
 
 
 def _graft_specs(lab, setting: Setting, dspec, task: str, sparsities, starts) -> list[tuple]:
@@ -64,16 +66,16 @@ def single_task(tasks: list[str], seeds: list[int], sparsities: list[float], set
     the first ``compare_seeds`` seeds only (None: on every seed), to compare the starts."""
     lab = setting.lab()
     total = num_graftable(lab.lm.model)
-    rows, locs, hists, fts, probs, dspecs, gspecs = [], [], [], [], {}, [], []
+    rows, locs, hists, fts, probs, dspecs, gspecs = [], [], [], [], Predictions(*FIELDS), [], []
     for task in tasks:
         zs = lab.predict(task, Variant("zero-shot"))
         for seed in seeds:
-            probs[task, seed, None, np.nan, "zero-shot"] = zs
+            probs.add(zs, task=task, seed=seed, start=None, target=None, variant="zero-shot")
             rows.append(dict(task=task, seed=seed, variant="zero-shot", mask_size=0, **scores(*zs)))
             dspec = lab.fine_tune(task, setting.k, seed, setting.finetune)
             dspecs.append((dict(task=task, seed=seed), dspec))
             ft_pred = lab.predict(task, Variant("fine-tuned", delta=dspec))
-            probs[task, seed, None, np.nan, "fine-tuned"] = ft_pred
+            probs.add(ft_pred, task=task, seed=seed, start=None, target=None, variant="fine-tuned")
             rows.append(dict(task=task, seed=seed, variant="fine-tuned", **scores(*ft_pred)))
             fts.append(records(lab.meta(dspec)["history"]).assign(task=task, seed=seed))
             here = [s for s in starts if s == setting.graft.start or compare_seeds is None
@@ -84,7 +86,7 @@ def single_task(tasks: list[str], seeds: list[int], sparsities: list[float], set
                 for how in MASK_VARIANTS:
                     mspec = gspec if how == "graft" else lab.sized_like(gspec, how, seed=seed)
                     pred = lab.predict(task, Variant(how, delta=dspec, mask=mspec))
-                    probs[task, seed, start, target, how] = pred
+                    probs.add(pred, **tag, variant=how)
                     size = lab.mask_count(mspec)
                     rows.append(dict(**tag, variant=how, sparsity=size / total, mask_size=size, **scores(*pred)))
                 locs.append(pd.DataFrame(lab.mask_location(gspec)).assign(**tag))
@@ -130,13 +132,15 @@ def sparsity_to_reach(results: pd.DataFrame, share: float = 0.95, variant: str =
 
 def _groups(result: SingleTask, task: str, start: str, target: float) -> list[tuple]:
     """One bootstrap group per seed of ``task``: (graft, fine-tuned, zero-shot, random, labels) test arrays."""
-    keys = [k for k in result.probs if k[0] == task and k[2] == start and k[4] == "graft"
-            and (start == "grow" or np.isclose(k[3], target))]
+    grafts = result.probs.find(task=task, start=start, variant="graft") if start == "grow" else \
+        result.probs.find(task=task, start=start, target=target, variant="graft")
     groups = []
-    for _, seed, _, tgt, _ in keys:
-        p = lambda s, t, v: result.probs[task, seed, s, t, v][0]
-        groups.append((p(start, tgt, "graft"), p(None, np.nan, "fine-tuned"), p(None, np.nan, "zero-shot"),
-                       p(start, tgt, "random"), result.probs[task, seed, None, np.nan, "zero-shot"][1]))
+    for name, graft in grafts:
+        seed, tgt = name["seed"], name["target"]
+        model = lambda variant: result.probs.get(task=task, seed=seed, start=None, target=None, variant=variant)
+        groups.append((graft.probs, model("fine-tuned").probs, model("zero-shot").probs,
+                       result.probs.get(task=task, seed=seed, start=start, target=tgt, variant="random").probs,
+                       graft.labels))
     return groups
 
 
@@ -153,7 +157,7 @@ def intervals(result: SingleTask, start: str, target: float, **kw) -> dict[str, 
     fine-tuning over zero-shot, recovery, share of the gain kept, graft − random of its size."""
     def compute():
         out = {}
-        for task in sorted({k[0] for k in result.probs}):
+        for task in sorted(result.probs.values("task")):
             groups = _groups(result, task, start, target)
             if groups:
                 out[task] = _c1_intervals(groups, **kw)
