@@ -149,6 +149,17 @@ def cmd_cache(args) -> None:
         store.clear()
         print(f"cleared {store.root}")
         return
+    if args.costs:
+        from .sweep import costs
+        table = costs(store.root)
+        if table.empty:
+            print(f"{store.root}: no step computed by a sweep is recorded")
+            return
+        print(table[["label", "kind", "threads", "seconds", "finished"]].to_string(index=False))
+        by_kind = table.groupby("kind").seconds.agg(["count", "sum"])
+        print("\n".join(f"{kind}: {int(r['count'])} steps, {r['sum'] / 60:.1f} min" for kind, r in by_kind.iterrows()))
+        print(f"in all: {len(table)} steps, {table.seconds.sum() / 3600:.2f} h of wall time")
+        return
     if args.prune:
         print(f"removed stale entries and killed writes: {store.prune() / 1e6:.1f} MB freed")
     entries = store.entries()
@@ -269,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("cache", help="show the artifact cache size, or clear it")
     cache.add_argument("--clear", action="store_true", help="remove every entry")
     cache.add_argument("--prune", action="store_true", help="remove stale entries (made by other code) and killed writes")
+    cache.add_argument("--costs", action="store_true",
+                       help="the wall time of each step sweeps computed into the store, and the totals by kind")
     cache.set_defaults(func=cmd_cache)
     return parser
 

@@ -243,10 +243,34 @@ def compute_step(step: Step, home: str | None = None, *needed) -> str:
     return step.key
 
 
+COSTS = ".sweep-costs.jsonl"  # beside the store's entries: one line per step a sweep computed, with its wall time
+
+
 def _compute_step(step: Step) -> None:
+    import json
+
     lab = _setting(dict(step.lab)).lab()
     with _locked(lab.store.root, step.key):  # a concurrent worker on the same key: wait, then read its entry
+        computed, start = lab.origin(step.recipe) not in ("store", "published"), time.perf_counter()
         lab.resolve(step.recipe)
+        if computed:  # what the grid costs, step by step (`skillgraft cache --costs` sums it by task)
+            line = {"kind": step.kind, "key": step.key, "label": step.label, "threads": step.threads,
+                    "seconds": round(time.perf_counter() - start, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            with open(Path(lab.store.root) / COSTS, "a") as handle:
+                handle.write(json.dumps(line) + "\n")
+
+
+def costs(store_root: Path):
+    """The wall time of every step sweeps computed into the store at ``store_root`` (latest per key), as
+    a frame: kind, key, label, threads, seconds, finished."""
+    import json
+
+    import pandas as pd
+
+    path = Path(store_root) / COSTS
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    frame = pd.DataFrame(rows, columns=["kind", "key", "label", "threads", "seconds", "finished"])
+    return frame.drop_duplicates("key", keep="last").reset_index(drop=True)
 
 
 @dataclass

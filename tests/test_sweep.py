@@ -85,6 +85,9 @@ def test_sweep_matches_a_serial_run_and_the_chapter_then_computes_nothing(tiny, 
     order = [s.key for s in sweep._dependencies_first(report.steps)]
     assert all(order.index(k) < order.index(s.key) for s in report.steps for k in s.needs if k in order)
     swept = entries(home)
+    costs = sweep.costs(home / "cache")  # each computed step's wall time, once per key
+    assert len(costs) == len(report.steps) and set(costs.key) == {s.key for s in report.steps}
+    assert (costs.seconds >= 0).all() and set(costs.kind) == {s.kind for s in report.steps}
 
     serial_home = tmp_path / "serial"  # the same chapters run one after another, by the experiments themselves
     serial_home.mkdir()
@@ -108,7 +111,7 @@ def test_sweep_matches_a_serial_run_and_the_chapter_then_computes_nothing(tiny, 
         for name, params in chapters:
             sweep.CHAPTERS[name](params, chapter_modules.Setting.from_params(**params))
     again = sweep.sweep(chapters, workers=1, threads=1, home=str(home), stream=sys.stderr)
-    assert again.steps == [] and again.waves == 0
+    assert again.steps == [] and again.waves == 0 and len(sweep.costs(home / "cache")) == len(costs)
     with sweep.torch_threads(2):  # two threads give other last bits: other keys, nothing of the sweep's is theirs
         steps, _ = sweep.plan(chapters)
     assert {s.kind for s in steps} >= {"delta", "probs"} and {s.threads for s in steps} == {2}
@@ -194,3 +197,22 @@ def test_sweep_command_checks_parameters_before_any_compute(capsys):
     assert "--threads must be an integer ≥ 1, got 0" in capsys.readouterr().err
     assert cli.main(["sweep", "01", "02", "-p", "seeds", "[13]", "--dry-run"]) == 0
     assert re.search(r"02_calibration: parameters OK: .*'seeds': \[13\]", capsys.readouterr().out)
+
+
+def test_the_cache_command_sums_what_sweeps_computed(tmp_path, monkeypatch, capsys):
+    import json
+    from skillgraft import cli
+    store = tmp_path / "store"
+    store.mkdir()
+    monkeypatch.setenv("SKILLGRAFT_STORE", str(store))
+    assert cli.main(["cache", "--costs"]) == 0 and "no step computed by a sweep" in capsys.readouterr().out
+    lines = [{"kind": "delta", "key": "a", "label": "fine-tuning mr, seed 13", "threads": 2, "seconds": 240.0,
+              "finished": "x"},
+             {"kind": "delta", "key": "a", "label": "fine-tuning mr, seed 13", "threads": 2, "seconds": 300.0,
+              "finished": "y"},  # computed again (its entry was lost): the latest counts
+             {"kind": "mask", "key": "b", "label": "localizing mr (grow), seed 13", "threads": 2, "seconds": 60.0,
+              "finished": "z"}]
+    (store / sweep.COSTS).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert cli.main(["cache", "--costs"]) == 0
+    out = capsys.readouterr().out
+    assert "delta: 1 steps, 5.0 min" in out and "mask: 1 steps, 1.0 min" in out and "in all: 2 steps, 0.10 h" in out
