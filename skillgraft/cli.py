@@ -25,7 +25,7 @@ __all__ = ["main", "notebook_parameters", "check_parameters", "resolve_notebook"
 log = logging.getLogger("skillgraft")
 
 
-from .parameters import (UsageError, check_parameters, list_notebooks,  # noqa: F401 (the command line re-exports them)
+from .parameters import (UsageError, add_run_arguments, check_parameters, list_notebooks,  # noqa: F401 (the command line re-exports them)
                          notebook_parameters, parse_params, repo_root, resolve_notebook)
 
 
@@ -235,16 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("fetch", help="fetch, verify and cache the embedded model and corpora").set_defaults(func=cmd_fetch)
     sub.add_parser("tasks", help="list the tasks with sizes and classes").set_defaults(func=cmd_tasks)
     run = sub.add_parser("run", help="execute a notebook with new parameters into runs/")
-    run.add_argument("notebook", help="e.g. 01 or 01_single_task_grafting")
-    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                     help="a parameter; VALUE is read as YAML (3, 1e-4, [13, 42], cuda)")
-    run.add_argument("-f", "--file", action="append", help="a YAML parameter file (e.g. configs/paper_scale/01_single_task_grafting.yaml)")
-    run.add_argument("--output-dir", default="runs")
-    run.add_argument("--output", help="output notebook path (default: OUTPUT_DIR/NAME.ipynb)")
-    run.add_argument("--dry-run", action="store_true", help="check the parameters and stop")
-    run.add_argument("--plan", action="store_true",
-                     help="with --dry-run: list each stored step, whether it is in the local store, published, or to "
-                          "be computed, and estimate the time (loads the model)")
+    add_run_arguments(run)
     run.set_defaults(func=cmd_run)
     pa = sub.add_parser("parameters", help="a chapter's parameters: default, type, accepted values, what each does")
     pa.add_argument("notebook", help="e.g. 01 or 01_single_task_grafting")

@@ -12,7 +12,7 @@ from typing import Callable
 import yaml
 
 __all__ = ["UsageError", "repo_root", "list_notebooks", "resolve_notebook", "notebook_parameters",
-           "check_parameters", "parse_params", "schema", "schema_table", "Parameter", "RULES", "TASK_PARAMETERS"]
+           "check_parameters", "parse_params", "add_run_arguments", "schema", "schema_table", "Parameter", "RULES", "TASK_PARAMETERS"]
 
 
 TASK_PARAMETERS = ("task", "tasks", "sources", "targets", "sequence", "reference")  # values must be registered task names
@@ -322,6 +322,23 @@ def check_parameters(path: Path, given: dict) -> dict:
                              f"(default {defaults[name]!r}), got {type(value).__name__} {value!r}")
     _check_values({**defaults, **given})
     return given
+
+
+def add_run_arguments(parser) -> None:
+    """The arguments of ``skillgraft run``, on an ``argparse`` parser: the command line's and the one
+    the teaching page's exercises are read with (:mod:`skillgraft.chapters.exercises`), so that a
+    command the page shows is one ``skillgraft run`` accepts."""
+    parser.add_argument("notebook", help="e.g. 01 or 01_single_task_grafting")
+    parser.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                        help="a parameter; VALUE is read as YAML (3, 1e-4, [13, 42], cuda)")
+    parser.add_argument("-f", "--file", action="append",
+                        help="a YAML parameter file (e.g. configs/paper_scale/01_single_task_grafting.yaml)")
+    parser.add_argument("--output-dir", default="runs")
+    parser.add_argument("--output", help="output notebook path (default: OUTPUT_DIR/NAME.ipynb)")
+    parser.add_argument("--dry-run", action="store_true", help="check the parameters and stop")
+    parser.add_argument("--plan", action="store_true",
+                        help="with --dry-run: list each stored step, whether it is in the local store, published, or "
+                             "to be computed, and estimate the time (loads the model)")
 
 
 def parse_params(pairs: list[list[str]], files: list[str]) -> dict:

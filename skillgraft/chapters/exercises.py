@@ -38,15 +38,22 @@ class Exercise:
 
 def exercises(page: str | Path) -> list[Exercise]:
     """The exercises of the teaching page, in order, each with its one command parsed (by the
-    command line's own parser, so that a command the page shows is one `skillgraft run` accepts)."""
-    from .. import cli, parameters as params_
+    command line's own arguments, so that a command the page shows is one `skillgraft run` accepts)."""
+    import argparse
 
+    from .. import parameters as params_
+
+    parser = argparse.ArgumentParser(prog="skillgraft run")
+    params_.add_run_arguments(parser)
     out = []
     for label, body in _BLOCK.findall(Path(page).read_text()):
         commands = _COMMAND.findall(body)
         if len(commands) != 1:
             raise ValueError(f"exercise {label} must show exactly one `skillgraft run` command, found {len(commands)}")
-        args = cli.build_parser().parse_args(shlex.split(commands[0])[1:])
+        argv = shlex.split(commands[0])[1:]  # without "skillgraft"
+        if argv[:1] != ["run"]:
+            raise ValueError(f"exercise {label}: its command must be `skillgraft run ...`, got {commands[0]!r}")
+        args = parser.parse_args(argv[1:])
         given = params_.parse_params(args.param or [], args.file or [])
         out.append(Exercise(label, commands[0], params_.resolve_notebook(args.notebook).stem, given))
     if not out:
