@@ -489,9 +489,10 @@ def forest(df: pd.DataFrame, title: str, xlabel: str, threshold: float = 0.0, sc
 
 def claims_matrix(df: pd.DataFrame, title: str) -> Figure:
     """Claims × tasks: each cell the verdict of a claim on a task, as colour and text ("–" where the
-    claim was not run on that task). Columns: claim, task, verdict."""
+    claim was not run on that task); claims sorted, tasks in the order they come. Columns: claim, task,
+    verdict."""
     _require(df, ["claim", "task", "verdict"], "claims_matrix")
-    claims, tasks = _order(df.claim), _order(df.task)
+    claims, tasks = sorted(set(df.claim)), _order(df.task)  # claims in their order (C1 … C5), tasks as they come
     grid = df.pivot_table(index="claim", columns="task", values="verdict", aggfunc="first").reindex(
         index=claims, columns=tasks)
     width = min(_WIDTH, 1.2 + 0.75 * len(tasks))
