@@ -20,7 +20,8 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 from .chapters import Setting  # noqa: E402
 
-__all__ = ["setup", "elapsed", "show_figure", "say", "regime", "ran", "glue_verdicts", "glued", "glued_figure", "claims_matrix"]
+__all__ = ["setup", "elapsed", "show_figure", "say", "regime", "ran", "glue_verdicts", "glued_outputs", "glued", "glued_figure",
+           "claims_matrix"]
 
 _started: float | None = None
 VERDICT_COLUMN = "all tasks"  # the claims × tasks matrix's last column: each claim's verdict over its tasks
@@ -171,33 +172,42 @@ def glue_verdicts(claim: str, verdict: str, frame=None, by: str = "task") -> Non
     glue(f"{claim.lower()}_matrix", json.dumps(rows), display=False)
 
 
+GLUE_PREFIX = "application/papermill.record/"  # the mime prefix myst_nb.glue(..., display=False) writes
+
+
+def glued_outputs(path: str | Path) -> dict[str, dict]:
+    """Every value glued in the executed notebook at ``path``: name -> its mime bundle, with the
+    glue's mime prefix taken off (``text/plain``, ``image/svg+xml``, ...; a text split in lines joined)."""
+    out = {}
+    for cell in json.loads(Path(path).read_text()).get("cells", []):
+        for output in cell.get("outputs", []):
+            glued_as = output.get("metadata", {}).get("scrapbook")
+            if glued_as:
+                prefix = glued_as.get("mime_prefix") or GLUE_PREFIX
+                out[glued_as["name"]] = {k[len(prefix):] if k.startswith(prefix) else k: "".join(v) if isinstance(v, list)
+                                         else v for k, v in output.get("data", {}).items()}
+    return out
+
+
 def glued(path: str | Path, name: str):
     """The value glued under ``name`` in the executed notebook at ``path``, read back from its
     plain-text form (a string, a number, a list); a ``KeyError`` names what is missing."""
-    import nbformat
-
-    for cell in nbformat.read(Path(path), as_version=4).cells:
-        for output in cell.get("outputs", []):
-            glued_as = output.get("metadata", {}).get("scrapbook", {})
-            if glued_as.get("name") == name:
-                return ast.literal_eval(output["data"][glued_as.get("mime_prefix", "") + "text/plain"])
-    raise KeyError(f"{Path(path).name} glues no {name!r}: execute it first (make book)")
+    data = glued_outputs(path).get(name, {})
+    if "text/plain" not in data:
+        raise KeyError(f"{Path(path).name} glues no {name!r}: execute it first (make book)")
+    return ast.literal_eval(data["text/plain"])
 
 
 def glued_figure(path: str | Path, name: str):
     """The figure glued under ``name`` in the executed notebook at ``path``, as an SVG image to
     display or glue again (a page pastes another notebook's figure this way: MyST-NB pastes an
     SVG across pages only as its text form)."""
-    import nbformat
     from IPython.display import SVG
 
-    for cell in nbformat.read(Path(path), as_version=4).cells:
-        for output in cell.get("outputs", []):
-            glued_as = output.get("metadata", {}).get("scrapbook", {})
-            svg = output.get("data", {}).get(glued_as.get("mime_prefix", "") + "image/svg+xml")
-            if glued_as.get("name") == name and svg is not None:
-                return SVG(data=svg)
-    raise KeyError(f"{Path(path).name} glues no figure {name!r}: execute it first (make book)")
+    svg = glued_outputs(path).get(name, {}).get("image/svg+xml")
+    if svg is None:
+        raise KeyError(f"{Path(path).name} glues no figure {name!r}: execute it first (make book)")
+    return SVG(data=svg)
 
 
 def claims_matrix(root: str | Path | None = None):

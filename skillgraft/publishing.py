@@ -155,17 +155,6 @@ def snapshot(root: Path, stream: TextIO | None = None):
     return report
 
 
-class _Stored:
-    """A current entry of the local store, published as it is (its recipe object is not rebuilt)."""
-
-    def __init__(self, record: dict, kind: str, key: str):
-        self.record, self.kind, self.key, self.spec = record, kind, key, record["spec"]
-        self.recipe_name = record["recipe"]
-
-    def label(self) -> str:
-        return _Named(self.record, self.kind, self.key).label()
-
-
 class _Kept:
     """A published entry kept as it is (its page was not republished): read from the previous layer."""
 
@@ -360,6 +349,14 @@ class _Named:
 
     def label(self) -> str:
         return self._label
+
+
+class _Stored(_Named):
+    """A current entry of the local store, published as it is (its recipe object is not rebuilt)."""
+
+    def __init__(self, record: dict, kind: str, key: str):
+        super().__init__(record, kind, key)
+        self.spec, self.recipe_name = record["spec"], record["recipe"]
 
 
 # ---------------------------------------------------------------------------- the dry run's plan

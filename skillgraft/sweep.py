@@ -253,7 +253,7 @@ def _compute_step(step: Step) -> None:
     with _locked(lab.store.root, step.key):  # a concurrent worker on the same key: wait, then read its entry
         computed, start = lab.origin(step.recipe) not in ("store", "published"), time.perf_counter()
         lab.resolve(step.recipe)
-        if computed:  # what the grid costs, step by step (`skillgraft cache --costs` sums it by task)
+        if computed:  # what the grid costs, step by step (`skillgraft cache --costs` sums it by kind)
             line = {"kind": step.kind, "key": step.key, "label": step.label, "threads": step.threads,
                     "seconds": round(time.perf_counter() - start, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             with open(Path(lab.store.root) / COSTS, "a") as handle:

@@ -80,23 +80,18 @@ def previous_minutes(notebook: str | Path) -> dict[str, float]:
     """The minutes each exercise's run took, as glued by the last execution of the answers
     notebook (``{key}_minutes``): kept for an exercise whose results a later execution only
     read from the store, so the page states the time of the run that computed them."""
-    import json
+    from ..notebook import glued_outputs
 
     path = Path(notebook)
     if not path.is_file():
         return {}
     out = {}
-    for cell in json.loads(path.read_text()).get("cells", []):
-        for o in cell.get("outputs", []):
-            name = o.get("metadata", {}).get("scrapbook", {}).get("name", "")
-            if name.endswith("_minutes"):
-                data = o.get("data", {})
-                text = "".join(data.get("text/plain") or data.get("application/papermill.record/text/plain", ""))
-                text = text.strip("'\"")
-                try:
-                    out[name[: -len("_minutes")]] = float(text)
-                except ValueError:
-                    pass
+    for name, data in glued_outputs(path).items():
+        if name.endswith("_minutes"):
+            try:
+                out[name[: -len("_minutes")]] = float(data.get("text/plain", "").strip("'\""))
+            except ValueError:
+                pass
     return out
 
 

@@ -17,6 +17,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from ..metrics import accuracy
+
 __all__ = ["Prediction", "Predictions"]
 
 
@@ -38,7 +40,7 @@ class Prediction:
 
     @property
     def accuracy(self) -> float:
-        return float((self.probs.argmax(1) == self.labels).mean())
+        return accuracy(self.probs, self.labels)
 
 
 def _value(v):
