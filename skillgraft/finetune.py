@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 from . import progress as _progress
 from .grafting import Delta, only_graftable_trainable, snapshot
 
-__all__ = ["OPTIMIZERS", "FinetuneConfig", "FinetuneResult", "optimizer_groups", "finetune",
+__all__ = ["OPTIMIZERS", "TIES", "FinetuneConfig", "interleave", "FinetuneResult", "optimizer_groups", "finetune",
            "finetune_multitask", "finetune_sequential"]
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "adamw")
+TIES = ("later", "first")  # which of two checks with the same dev accuracy is kept
 
 
 @dataclass
@@ -52,6 +53,8 @@ class FinetuneConfig:
     keep_best: bool = True              # return the best-dev checkpoint (official), else the last
     fit_loss: float | None = 0.01       # a checkpoint competes only when it fits the train set: loss ≤ this, accuracy 1
                                         # (None: every check competes, as the official selection by dev alone)
+    ties: str = "later"                 # of checks with equal dev accuracy keep the later (official: `objective >= best`,
+                                        # "later checkpoints rule!") or the "first"
     seed: int = 0                       # batch order (and dropout when train_mode)
     max_grad_norm: float | None = None  # clip the global gradient norm; None: no clipping (HF Trainer's default: 1.0)
     train_mode: bool = False            # dropout during steps (HF Trainer does); off: deterministic, Llama has none
@@ -60,6 +63,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.ties not in TIES:
+            raise ValueError(f"ties must be one of {TIES}, got {self.ties!r}")
         optional = tuple(n for n in ("max_grad_norm", "fit_loss") if getattr(self, n) is not None)
         for name in ("lr", "weight_decay") + optional:
             value = getattr(self, name)
@@ -90,8 +95,8 @@ class FinetuneConfig:
 class FinetuneResult:
     delta: Delta            # θ_kept − θ_pre over the graftable parameters (sequential: cumulative from θ_pre)
     history: pd.DataFrame   # per step: step, task, train_loss, seconds, dev_acc, fit_loss, fit_acc (NaN between checks)
-    best_step: int          # best (mean) dev accuracy among checks that fit the train set, first on ties (else the
-                            # last step); kept if keep_best
+    best_step: int          # best (mean) dev accuracy among checks that fit the train set, the later (or first,
+                            # ``config.ties``) on ties (else the last step); kept if keep_best
     best_dev_acc: float
     config: FinetuneConfig
     train_loss: float = math.nan  # whole-train-set loss of the returned checkpoint (mean over tasks)
@@ -138,6 +143,23 @@ def _batches(dataset, batch_size: int, seed: int) -> Iterator[dict[str, list]]:
             yield dataset[order[i:i + batch_size]]
 
 
+def interleave(steps: Sequence[int]) -> list[int]:
+    """The order in which tasks with ``steps[t]`` steps each take their steps, spread evenly (smooth
+    weighted round-robin, as nginx balances weighted servers): at each step every task gains its
+    share, the one furthest ahead of its due takes the step and is set back by the total. Equal
+    counts alternate 0, 1, …, T−1, 0, 1, …; a task with three times the steps of another takes three
+    steps for each of the other's."""
+    if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
+        raise ValueError(f"steps must be a non-empty list of integers ≥ 1, got {list(steps)!r}")
+    total, current, order = sum(steps), [0] * len(steps), []
+    for _ in range(total):
+        current = [c + n for c, n in zip(current, steps)]
+        t = max(range(len(steps)), key=lambda i: (current[i], -i))
+        current[t] -= total
+        order.append(t)
+    return order
+
+
 def _shared_model(items: Sequence[tuple]) -> nn.Module:
     if not items:
         raise ValueError("need at least one (classifier, train, dev) item")
@@ -159,8 +181,10 @@ def _load(params: Mapping[str, nn.Parameter], values: Mapping[str, Tensor]) -> N
 
 
 def _train(params: Mapping[str, nn.Parameter], items: Sequence[tuple], cfg: FinetuneConfig,
-           origin: Mapping[str, Tensor], first_index: int, progress: bool, desc: str) -> FinetuneResult:
-    """Steps from the current weights, one task per step (round-robin); leaves the kept weights in the model."""
+           origin: Mapping[str, Tensor], first_index: int, progress: bool, desc: str,
+           order: Sequence[int] | None = None) -> FinetuneResult:
+    """Steps from the current weights, one task per step (``order``, default round-robin); leaves the
+    kept weights in the model."""
     model = items[0][0].lm.model
     opt = _make_optimizer(params, cfg)
     streams = [_batches(train, cfg.batch_size, _stream_seed(cfg.seed, first_index + i))
@@ -168,7 +192,8 @@ def _train(params: Mapping[str, nn.Parameter], items: Sequence[tuple], cfg: Fine
     rows, best_step, best_acc, best_theta = [], 0, -math.inf, None
     train_size = sum(len(train) for _, train, _ in items)
     for step in tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress):
-        task, start = (step - 1) % len(items), time.perf_counter()
+        task = order[step - 1] if order is not None else (step - 1) % len(items)
+        start = time.perf_counter()
         clf = items[task][0]
         model.train(cfg.train_mode)
         loss = clf.loss(clf.encode(next(streams[task])))
@@ -190,7 +215,7 @@ def _train(params: Mapping[str, nn.Parameter], items: Sequence[tuple], cfg: Fine
             log.info("%s step %d: train loss %.4f (whole set %.4f, accuracy %.3f), dev acc %.4f", desc, step,
                      row["train_loss"], row["fit_loss"], row["fit_acc"], row["dev_acc"])
             fit = cfg.fit_loss is None or (row["fit_acc"] == 1.0 and row["fit_loss"] <= cfg.fit_loss)
-            if fit and row["dev_acc"] > best_acc:
+            if fit and (row["dev_acc"] > best_acc or (cfg.ties == "later" and row["dev_acc"] == best_acc)):
                 best_step, best_acc = step, row["dev_acc"]
                 if cfg.keep_best and step != cfg.steps:
                     best_theta = best_theta or {n: torch.empty_like(p) for n, p in params.items()}
@@ -243,21 +268,26 @@ def finetune(clf, train, dev, cfg: FinetuneConfig | None = None, progress: bool 
     ``datasets.Dataset`` with the prompt's text fields and ``label``. ``cfg``'s steps are for two
     classes and scale with the task's (:meth:`FinetuneConfig.for_classes`).
     """
-    return finetune_multitask([(clf, train, dev)], (cfg or FinetuneConfig()).for_classes(len(clf.prompt.label_words)),
-                              progress)
+    return finetune_multitask([(clf, train, dev)], cfg, progress)
 
 
 def finetune_multitask(items: Sequence[tuple], cfg: FinetuneConfig | None = None,
                        progress: bool = True) -> FinetuneResult:
-    """One model on several tasks at once: step s trains on task s mod T (one task per batch, each
-    with its own template and label words); dev accuracy is the mean over tasks. Ends at θ_pre.
+    """One model on several tasks at once, one task per batch (each with its own template and label
+    words): each task takes the steps it would take alone (``cfg`` is for two classes, scaled by
+    each task's classes, :meth:`FinetuneConfig.for_classes`), the tasks' steps interleaved evenly
+    (:func:`interleave`; tasks of one size alternate). Dev checks come as often per pass as alone;
+    dev accuracy is the mean over tasks. Ends at θ_pre.
 
     ``items``: (PromptClassifier, train, dev) per task, all classifiers over the same model.
     """
     cfg = cfg or FinetuneConfig()
     model = _shared_model(items)
-    with _session(model, cfg) as (params, origin):
-        return _train(params, items, cfg, origin, 0, progress, "finetune")
+    steps = [cfg.for_classes(len(clf.prompt.label_words)).steps for clf, _, _ in items]
+    order = interleave(steps)
+    total = replace(cfg, steps=len(order), eval_every=math.ceil(cfg.eval_every * len(order) / cfg.steps))
+    with _session(model, total) as (params, origin):
+        return _train(params, items, total, origin, 0, progress, "finetune", order)
 
 
 def finetune_sequential(items: Sequence[tuple], cfg: FinetuneConfig | None = None,

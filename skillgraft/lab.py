@@ -12,20 +12,18 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import assets
 from . import tasks as tk
+from . import workbench
 from .finetune import FinetuneConfig
-from .grafting import apply_delta, grafted
 from .localization import GROW_SPARSITY, GraftConfig
 from .masks import Mask, count_for
 from .models import graftable_parameters, load_lm, num_graftable, resolve_device
-from .prompt import PRECISIONS, Prompt, PromptClassifier
+from .prompt import PRECISIONS, PromptClassifier
 from .published import MANIFEST, Published, default_root
 from .recipes import Env, FineTune, Localized, Location, Prediction, RandomMask, Recipe, TopMovement
 from .store import Entry, Store, default_store
@@ -75,26 +73,24 @@ class Lab:
     # ---------------------------------------------------------------- data
     def classifier(self, task: str) -> PromptClassifier:
         """``task``'s prompt classifier over this lab's model."""
-        spec = tk.get_task(task)
-        prompt = spec.prompt(self.lm.kind)
+        prompt = workbench.task_prompt(task, self.lm.kind)
         return self.prompt_classifier(prompt.template, prompt.label_words, self.length(task))
 
     def length(self, task: str) -> int:
         """Tokens per prompt of ``task``'s examples: the lab's, or the task's own where it needs more."""
-        return tk.get_task(task).length(self.max_length)
+        return workbench.length(task, self.max_length)
 
     def prompt_classifier(self, template: str, label_words, max_length: int | None = None) -> PromptClassifier:
         """A classifier over this lab's model; ``max_length`` defaults to the lab's (a task may need more)."""
         key = (template, tuple(label_words), max_length or self.max_length)
         if key not in self._classifiers:
-            self._classifiers[key] = PromptClassifier(self.lm, Prompt(template, tuple(label_words)),
-                                                      max_length=key[2], precision=self.precision)
+            self._classifiers[key] = workbench.prompt_classifier(self.lm, template, label_words, key[2], self.precision)
         return self._classifiers[key]
 
     def splits(self, task: str, k: int, seed: int) -> tk.Splits:
         """Seeded k-shot train/dev and the fixed test split (of ``self.test_size``), from the corpora
         under the current cache root."""
-        return _splits(task, k, seed, self.test_size, str(assets.home()))
+        return workbench.splits(task, k, seed, self.test_size)
 
     # ---------------------------------------------------------------- recipes of this lab
     def fine_tune(self, tasks: list[str] | str, k: int, seed: int, cfg: FinetuneConfig, mode: str = "single",
@@ -232,17 +228,8 @@ class Lab:
             yield self.lm.model
             return
         value = delta if isinstance(delta, dict) else self.delta(delta)
-        if mask is None:
-            with apply_delta(self.lm.model, value):
-                yield self.lm.model
-        else:
-            with grafted(self.lm.model, value, self.mask(mask)):
-                yield self.lm.model
-
-
-@lru_cache(maxsize=64)
-def _splits(task: str, k: int, seed: int, test_size: int, home: str) -> tk.Splits:  # home: part of the key only
-    return tk.load_splits(task, k=k, seed=seed, test_size=test_size)
+        with workbench.applied(self.lm.model, value, None if mask is None else self.mask(mask)) as model:
+            yield model
 
 
 _LABS: dict[tuple, Lab] = {}

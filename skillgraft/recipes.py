@@ -7,7 +7,8 @@ recipes it is made of). δ arithmetic is done with values: ``Difference(stage_2,
 is a delta like any fine-tune.
 
 Its :attr:`Recipe.key` hashes the recipe's fields (nested recipes by their keys), the package
-version and the source of the modules its compute runs (:attr:`Recipe.code`): a change to
+version and the source of the modules its compute runs (:attr:`Recipe.code`, derived from the
+source by :mod:`skillgraft.codekeys`, never listed): a change to
 the localization code misses every stored graft and every prediction made with one, while a
 change to plots, metrics or prose misses nothing. Recipes with a ``kind`` are stored under
 ``store/kind/key``; the others are cheap and computed in memory.
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from . import __version__, progress
+from . import __version__, codekeys, progress
 from . import grafting as gf
 from .finetune import FinetuneConfig, finetune, finetune_multitask, finetune_sequential
 from .localization import GROW_SPARSITY, GraftConfig, localize
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["Env", "Recipe", "FineTune", "Difference", "Stitch", "Localized", "TopMovement", "RandomMask",
            "Similarity", "Prediction", "Location", "code_hash", "jsonable", "stored_inputs"]
 
-DATA = ("assets", "tasks", "models", "prompt")  # the modules every computed artifact reads its inputs through
 MODES = ("single", "multitask", "sequential")
 
 
@@ -84,11 +84,19 @@ class Env:
     threads: int = 0
 
 
+class _Covered:
+    """``Recipe.code``: the package modules a recipe's compute runs, derived from its source
+    (:func:`skillgraft.codekeys.covered`)."""
+
+    def __get__(self, obj, cls) -> tuple[str, ...]:
+        return codekeys.covered(cls)
+
+
 class Recipe:
     """Base of all recipes (frozen dataclasses)."""
 
     kind: ClassVar[str | None] = None     # folder in the store; None: computed in memory, never stored
-    code: ClassVar[tuple[str, ...]] = ()  # modules whose source the compute runs (with this one)
+    code = _Covered()                     # modules whose source the compute runs (derived; this one among them)
     pool: ClassVar[str] = ""              # which memory of the lab keeps resolved values ("delta", "mask")
 
     def spec(self) -> dict:
@@ -137,7 +145,6 @@ class FineTune(Recipe):
     task (the same steps on the same batches), so it is that recipe."""
 
     kind: ClassVar[str] = "delta"
-    code: ClassVar[tuple[str, ...]] = DATA + ("grafting", "masks", "finetune")
     pool: ClassVar[str] = "delta"
 
     env: Env
@@ -180,10 +187,8 @@ class FineTune(Recipe):
                 items.append((lab.classifier(task), s.train, s.dev))
             if self.mode == "single":
                 return _stored(finetune(*items[0], cfg, progress=False))
-            if self.mode == "multitask":  # the step budget is per task: each step trains one task
-                n = len(items)
-                return _stored(finetune_multitask(items, replace(cfg, steps=cfg.steps * n,
-                                                                 eval_every=cfg.eval_every * n), progress=False))
+            if self.mode == "multitask":  # each task takes the steps it would take alone, interleaved
+                return _stored(finetune_multitask(items, cfg, progress=False))
             # every stage after the first is trained here, from the stored first one; the others are stored too
             first = lab.delta(replace(self, stage=0))
             wanted = None
@@ -232,7 +237,6 @@ class Localized(Recipe):
     graft starts from the same tiny patch at any target, so its sparsity is GROW_SPARSITY."""
 
     kind: ClassVar[str] = "mask"
-    code: ClassVar[tuple[str, ...]] = DATA + ("grafting", "masks", "localization")
     pool: ClassVar[str] = "mask"
 
     delta: Recipe
@@ -273,7 +277,6 @@ class _StoredMask(Recipe):
     read without the model-sized δ it was computed from."""
 
     kind: ClassVar[str] = "mask"
-    code: ClassVar[tuple[str, ...]] = ("masks",)
     pool: ClassVar[str] = "mask"
 
     def mask(self, lab: "Lab") -> Mask:
@@ -315,7 +318,6 @@ class Similarity(Recipe):
     """Cosine similarity of two deltas (chapter 04's task similarity): one number, stored as JSON."""
 
     kind: ClassVar[str] = "similarity"
-    code: ClassVar[tuple[str, ...]] = ("grafting",)
     a: Recipe
     b: Recipe
 
@@ -331,7 +333,6 @@ class Location(Recipe):
     """Share of a mask per layer and module kind (JSON only, beside the mask)."""
 
     kind: ClassVar[str] = "location"
-    code: ClassVar[tuple[str, ...]] = ("masks",)
     mask: Recipe
 
     def compute(self, lab: "Lab"):
@@ -352,7 +353,6 @@ class Prediction(Recipe):
     ``benchmarks/precision_fidelity.py``)."""
 
     kind: ClassVar[str] = "probs"
-    code: ClassVar[tuple[str, ...]] = DATA + ("grafting", "masks")
 
     env: Env
     task: str

@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_llama, make_roberta
 from skillgraft import grafting, models
-from skillgraft.finetune import (FinetuneConfig, finetune, finetune_multitask, finetune_sequential,
+from skillgraft.finetune import (FinetuneConfig, finetune, finetune_multitask, finetune_sequential, interleave,
                                  optimizer_groups)
 from skillgraft.models import LM
 from skillgraft.prompt import Prompt, PromptClassifier
@@ -48,6 +48,8 @@ def test_config_validation():
         FinetuneConfig(steps=0)
     with pytest.raises(ValueError, match=r"max_grad_norm must be a finite number > 0, got -1.0 \(or None\)"):
         FinetuneConfig(max_grad_norm=-1.0)
+    with pytest.raises(ValueError, match=r"ties must be one of \('later', 'first'\), got 'last'"):
+        FinetuneConfig(ties="last")
     with pytest.raises(ValueError, match="keep_best must be True or False"):
         FinetuneConfig(keep_best="yes")
     assert FinetuneConfig(max_grad_norm=1.0, weight_decay=0.0).max_grad_norm == 1.0
@@ -117,7 +119,8 @@ def test_keep_best_keeps_the_best_dev_checkpoint(tokenizer):
     last = finetune(clf, train, dev, FinetuneConfig(keep_best=False, **cfg), progress=False)
     h = best.history.dropna(subset=["dev_acc"])
     assert best.best_step < 12 and best.best_dev_acc > h["dev_acc"].iloc[-1]  # so keeping the best matters
-    assert best.best_dev_acc == h["dev_acc"].max() and best.best_step == int(h.loc[h["dev_acc"].idxmax(), "step"])
+    later = int(h.loc[h["dev_acc"] == h["dev_acc"].max(), "step"].max())  # ties go to the later check (official)
+    assert best.best_dev_acc == h["dev_acc"].max() and best.best_step == later
     with grafting.apply_delta(model, best.delta):
         assert clf.accuracy(dev) == best.best_dev_acc
     with grafting.apply_delta(model, last.delta):
@@ -132,7 +135,7 @@ def test_multitask_mixes_tasks_on_one_model(tokenizer):
     before = state(model)
     res = finetune_multitask(items, FinetuneConfig(**FAST), progress=False)
     assert same_bits(model, before)
-    assert res.history["task"].tolist() == [0, 1, 0, 1, 0, 1]
+    assert res.history["task"].tolist() == [0, 1] * 6  # two tasks of two classes: each its own 6 steps, alternating
     evals = res.history.dropna(subset=["dev_acc"])
     assert np.allclose(evals["dev_acc"], (evals["dev_acc_0"] + evals["dev_acc_1"]) / 2)
     assert list(res.delta) == list(models.graftable_parameters(model))
@@ -235,3 +238,45 @@ def test_steps_scale_with_classes_so_passes_stay_the_same(tokenizer):
     two = finetune(classifier(model, tokenizer), data(SENTIMENT), data(SENTIMENT),
                    FinetuneConfig(**{**FAST, "steps": 4, "eval_every": 2}), progress=False)
     assert len(two.history) == 4
+
+
+def test_ties_go_to_the_later_check_as_the_official_trainer_or_to_the_first(tokenizer):
+    """With a learning rate too small to move a dev prediction, every check ties: the official rule
+    (``objective >= best``) keeps the last, ours before it the first; each keeps the model it names."""
+    model = make_llama()
+    clf = classifier(model, tokenizer)
+    train, dev = data(SENTIMENT), data(SENTIMENT)
+    cfg = dict(lr=1e-7, steps=9, batch_size=4, eval_every=3, fit_loss=None)
+    later = finetune(clf, train, dev, FinetuneConfig(**cfg), progress=False)
+    first = finetune(clf, train, dev, FinetuneConfig(ties="first", **cfg), progress=False)
+    accs = later.history.dropna(subset=["dev_acc"])["dev_acc"]
+    assert accs.nunique() == 1  # every check ties, so the two rules disagree
+    assert (later.best_step, first.best_step) == (9, 3)
+    last = finetune(clf, train, dev, FinetuneConfig(keep_best=False, **cfg), progress=False)
+    assert all(torch.equal(later.delta[n], last.delta[n]) for n in last.delta)  # the later check is the last step
+    assert any(not torch.equal(first.delta[n], last.delta[n]) for n in last.delta)  # the first is an earlier model
+
+
+def test_interleave_spreads_each_tasks_steps_evenly():
+    assert interleave([3, 3]) == [0, 1, 0, 1, 0, 1]  # equal counts alternate, as round-robin
+    assert interleave([4]) == [0, 0, 0, 0]
+    order = interleave([3, 1])
+    assert order == [0, 0, 1, 0]  # the rarer task's step comes mid-way, not first or last
+    order = interleave([240, 80, 80])  # six classes beside two of two: 3:1:1
+    assert [order.count(t) for t in range(3)] == [240, 80, 80]
+    for end in range(5, len(order), 5):  # every prefix keeps the shares within one step
+        assert abs(order[:end].count(0) - end * 240 / 400) <= 1
+    with pytest.raises(ValueError, match="integers ≥ 1"):
+        interleave([2, 0])
+
+
+def test_multitask_gives_each_task_the_steps_it_takes_alone(tokenizer):
+    model = make_llama()
+    sent = classifier(model, tokenizer)
+    three = [("great fun", 0), ("awful dull", 1), ("sport match", 2)]
+    topic = classifier(model, tokenizer, "news : {text} . topic :", (" positive", " negative", " sport"))
+    items = [(sent, data(SENTIMENT), data(SENTIMENT)), (topic, data(three, "a story about"), data(three, "news"))]
+    res = finetune_multitask(items, FinetuneConfig(**{**FAST, "steps": 4, "eval_every": 2}), progress=False)
+    tasks = res.history["task"].tolist()
+    assert (tasks.count(0), tasks.count(1)) == (4, 6)  # three classes take 3/2 times the steps of two
+    assert res.config.steps == 10 and res.config.eval_every == 5  # a check per pass as often as alone
