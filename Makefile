@@ -21,7 +21,7 @@ else
 $(info tcmalloc not found: torch runs on glibc's allocator, same results, about 1.2x slower on a 2-core CPU (Debian: apt-get install libtcmalloc-minimal4))
 endif
 
-.PHONY: setup assets book test unit guard spotcheck compute nbval publish reproduce bench fidelity answers survey clean
+.PHONY: setup assets book test unit guard spotcheck compute nbval publish grid cost reproduce bench fidelity answers survey clean
 
 setup: $(STAMP) assets
 
@@ -70,6 +70,18 @@ nbval: guard
 # Everything the book's pages resolve, computed where missing and published into results/ (then commit it).
 publish: setup
 	$(BIN)/skillgraft publish
+
+# The grid behind the verdicts (configs/grid/: eight tasks, five families, three seeds), computed chapter by
+# chapter and published as it goes (`publish --stored`): a stopped run loses only its unfinished steps, and the
+# next resumes from the local store or the published layer. Hours on two cores; commit results/ as it grows.
+grid: setup
+	@for c in configs/grid/[0-9][0-9]_*.yaml; do \
+	  $(BIN)/skillgraft sweep $$(basename $$c .yaml) -f $$c || exit 1; $(BIN)/skillgraft publish --stored || exit 1; done
+
+# What the published results cost, per chain (a fine-tune, its grafts, their predictions) and in all, from the
+# wall time each step recorded where it was computed (kept in results/MANIFEST.json).
+cost: setup
+	$(BIN)/python benchmarks/grid_cost.py --out benchmarks/results/grid_cost.md
 
 # Everything from nothing: the published results off, a store of its own, every chapter computed, then nbval
 # against the same committed notebooks. Hours on a laptop: a run that is stopped resumes where it stopped (its

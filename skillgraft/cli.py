@@ -153,7 +153,7 @@ def cmd_cache(args) -> None:
         from .sweep import costs
         table = costs(store.root)
         if table.empty:
-            print(f"{store.root}: no step computed by a sweep is recorded")
+            print(f"{store.root}: no computed step is recorded")
             return
         print(table[["label", "kind", "threads", "seconds", "finished"]].to_string(index=False))
         by_kind = table.groupby("kind").seconds.agg(["count", "sum"])

@@ -9,8 +9,10 @@ costs only store reads. Grafts are applied to the one model in place and reverte
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from .localization import GROW_SPARSITY, GraftConfig
 from .masks import Mask, count_for
 from .models import graftable_parameters, load_lm, num_graftable, resolve_device
 from .prompt import PRECISIONS, PromptClassifier
-from .published import MANIFEST, Published, default_root
+from .published import COSTS, MANIFEST, Published, default_root
 from .recipes import Env, FineTune, Localized, Location, Prediction, RandomMask, Recipe, TopMovement
 from .store import Entry, Store, default_store
 
@@ -69,6 +71,7 @@ class Lab:
         self.ledger: dict[str, Recipe] | None = None  # when a dict: every stored recipe resolved, by kind/key
         self.memory: dict[str, dict] = {pool: {} for pool in MEMORY}
         self._classifiers: dict[tuple, PromptClassifier] = {}
+        self._inner = 0.0  # seconds of the steps computed inside the one computing now (their own lines)
 
     # ---------------------------------------------------------------- data
     def classifier(self, task: str) -> PromptClassifier:
@@ -153,8 +156,24 @@ class Lab:
             raise RuntimeError(f"torch has {now} threads now, this lab was made with {self.threads} and keys its "
                                "results by them; after torch.set_num_threads, take a new lab (get_lab)")
         COMPUTED[0] += 1
-        tensors, meta = recipe.compute(self)
-        return self.store.save(recipe, tensors, meta)
+        start, outer, self._inner = time.perf_counter(), self._inner, 0.0
+        try:
+            tensors, meta = recipe.compute(self)
+            entry = self.store.save(recipe, tensors, meta)
+        finally:
+            took, inner = time.perf_counter() - start, self._inner
+            self._inner = outer + took
+        self._record_cost(recipe, took - inner)  # its own time: the inputs it computed first are recorded apart
+        return entry
+
+    def _record_cost(self, recipe: Recipe, seconds: float) -> None:
+        """One line beside the store per computed step, with its wall time (``skillgraft cache --costs``;
+        published with the entry): what the book's grid costs, step by step."""
+        line = {"kind": recipe.kind, "key": recipe.key, "label": recipe.label(), "threads": self.threads,
+                "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with contextlib.suppress(OSError):  # a cost not written loses a report line, never a result
+            with open(Path(self.store.root) / COSTS, "a") as handle:
+                handle.write(json.dumps(line) + "\n")
 
     def delta(self, recipe: Recipe) -> dict[str, torch.Tensor]:
         return self.resolve(recipe)

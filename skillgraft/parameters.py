@@ -78,6 +78,8 @@ def _kind(default) -> str:
     """The type of a parameter, in words, from its default."""
     if isinstance(default, bool):
         return "true or false"
+    if default is None:
+        return "number or null"
     if isinstance(default, (list, tuple)):
         inner = {_kind(v) for v in default}
         if len(inner) != 1:
@@ -216,6 +218,8 @@ SHARED_DOCS = {
     "ft_steps": "fine-tuning steps of two-class tasks (more classes take proportionally more)",
     "ft_eval_every": "steps between dev checks; a check competes only if it fits the train set",
     "ft_batch_size": "examples per fine-tuning step",
+    "ft_ties": "of dev checks with equal accuracy keep the later (the official trainer's rule) or the first",
+    "ft_max_grad_norm": "clip the global gradient norm at this value (official: 1.0), or null for no clipping",
     "graft_lr": "the step size on the mask scores S",
     "graft_epochs": "gradient steps on S, each over the whole train set",
     "graft_sigmoid_bias": "b in sigma(S - b)",

@@ -45,6 +45,8 @@ from .files import TMP_PREFIX, atomic
 from .recipes import Env, Recipe
 from .store import Entry, Store, stale
 
+COSTS = ".sweep-costs.jsonl"  # beside the store's entries: one line per computed step and its wall time (Lab)
+
 __all__ = ["FORMAT", "MANIFEST", "Published", "PublishReport", "default_root", "with_threads", "write",
            "machine"]
 
@@ -203,6 +205,7 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
     root = Path(root)
     report, entries = PublishReport(), {}
     old = previous.entries if previous is not None else {}
+    seconds = _step_seconds(store)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
     where = machine()
     for name in sorted(recipes_used):
@@ -232,6 +235,9 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
         described = ({k: old[name][k] for k in ("recipe", "label")} if kept and name in old
                      else {"recipe": getattr(recipe, "recipe_name", type(recipe).__name__), "label": recipe.label()})
         entries[name] = {"file": file, "sha256": digest, "bytes": len(data), **described}
+        cost = seconds.get(name.split("/", 1)[1], old.get(name, {}).get("seconds"))
+        if cost is not None:  # the step's wall time, where a sweep recorded it (now or when first published)
+            entries[name]["seconds"] = cost
         report.bytes += len(data)
         if name not in old:
             report.added.append(name)
@@ -254,3 +260,18 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
     for path in root.glob(f"**/{TMP_PREFIX}*"):
         path.unlink(missing_ok=True)
     return report
+
+
+def _step_seconds(store: Store) -> dict[str, float]:
+    """key -> wall seconds of each step computed into ``store`` (its cost record), so that
+    the published layer keeps what its steps cost after the machine that computed them is gone."""
+    path = Path(store.root) / COSTS
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                out[row["key"]] = round(float(row["seconds"]), 1)
+            except (ValueError, KeyError, TypeError):  # a line cut by a killed writer
+                continue
+    return out

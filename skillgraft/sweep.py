@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .lab import Lab
+from .published import COSTS  # beside the store's entries: one line per computed step, with its wall time
 
 __all__ = ["Step", "CHAPTERS", "plan", "sweep", "compute_step", "torch_threads"]
 
@@ -243,21 +244,12 @@ def compute_step(step: Step, home: str | None = None, *needed) -> str:
     return step.key
 
 
-COSTS = ".sweep-costs.jsonl"  # beside the store's entries: one line per step a sweep computed, with its wall time
 
 
 def _compute_step(step: Step) -> None:
-    import json
-
     lab = _setting(dict(step.lab)).lab()
     with _locked(lab.store.root, step.key):  # a concurrent worker on the same key: wait, then read its entry
-        computed, start = lab.origin(step.recipe) not in ("store", "published"), time.perf_counter()
-        lab.resolve(step.recipe)
-        if computed:  # what the grid costs, step by step (`skillgraft cache --costs` sums it by kind)
-            line = {"kind": step.kind, "key": step.key, "label": step.label, "threads": step.threads,
-                    "seconds": round(time.perf_counter() - start, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            with open(Path(lab.store.root) / COSTS, "a") as handle:
-                handle.write(json.dumps(line) + "\n")
+        lab.resolve(step.recipe)  # a computed step leaves its wall time beside the store (Lab._compute)
 
 
 def costs(store_root: Path):

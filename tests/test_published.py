@@ -247,3 +247,21 @@ def test_publish_stored_is_given_alone(tmp_path):
     for argv in (["publish", "--stored", "--check"], ["publish", "--stored", "01"]):
         assert cli.main(argv + ["--root", str(tmp_path)]) == 2
     assert not any(tmp_path.iterdir())
+
+
+def test_published_entries_keep_what_each_step_cost_and_the_report_charges_it_to_its_chain(tmp_path, params):
+    from skillgraft import costs
+
+    root, _ = _publish(tmp_path, params)
+    entries = json.loads((root / pub.MANIFEST).read_text())["entries"]
+    timed = {n: e["seconds"] for n, e in entries.items() if "seconds" in e}
+    assert set(timed) == set(entries) and all(v >= 0 for v in timed.values())  # every step was computed here
+    table = costs.entry_costs(root).set_index("name")
+    graft = next(n for n in entries if n.startswith("mask/"))
+    assert table.loc[graft, "chain"] in ("fine-tuning mr, seed 13", "fine-tuning mr, seed 21")
+    chains = costs.chain_costs(table.reset_index())
+    assert set(chains.chain) == {"fine-tuning mr, seed 13", "fine-tuning mr, seed 21", "zero-shot"}
+    assert chains.total.sum() * 60 == pytest.approx(sum(timed.values()))
+    assert chains.steps.sum() == len(entries) and chains.untimed.sum() == 0
+    text = costs.report(root)
+    assert f"In all: {len(entries)} published steps, {len(entries)} of them timed" in text

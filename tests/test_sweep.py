@@ -205,7 +205,7 @@ def test_the_cache_command_sums_what_sweeps_computed(tmp_path, monkeypatch, caps
     store = tmp_path / "store"
     store.mkdir()
     monkeypatch.setenv("SKILLGRAFT_STORE", str(store))
-    assert cli.main(["cache", "--costs"]) == 0 and "no step computed by a sweep" in capsys.readouterr().out
+    assert cli.main(["cache", "--costs"]) == 0 and "no computed step is recorded" in capsys.readouterr().out
     lines = [{"kind": "delta", "key": "a", "label": "fine-tuning mr, seed 13", "threads": 2, "seconds": 240.0,
               "finished": "x"},
              {"kind": "delta", "key": "a", "label": "fine-tuning mr, seed 13", "threads": 2, "seconds": 300.0,
