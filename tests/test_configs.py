@@ -24,6 +24,33 @@ def test_paper_scale_file_passes_the_dry_run(config, capsys, monkeypatch):
     assert "parameters OK" in out and "roberta-base" in out
 
 
+GRID = sorted((ROOT / "configs" / "grid").glob("*.yaml"))
+
+
+def test_every_chapter_has_a_grid_file_and_it_spans_the_families_the_claims_need():
+    import yaml
+
+    from skillgraft.tasks import get_task
+
+    assert [c.stem for c in GRID] == [nb.stem for nb in cli.list_notebooks(ROOT)]
+    grid = {c.stem[:2]: yaml.safe_load(c.read_text()) for c in GRID}
+    for chapter in ("01", "02"):  # C1, C2: at least 8 tasks from at least 5 families
+        tasks = grid[chapter]["tasks"]
+        assert len(set(tasks)) >= 8 and len({get_task(t).family for t in tasks}) >= 5
+    sources = grid["03"]["sources"]  # C3: at least 2 sources in at least 2 families
+    assert len(sources) >= 2 and len({get_task(t).family for t in sources}) >= 2
+    tasks = grid["04"]["tasks"]  # C4: at least 6 tasks, 4 families, 15 pairs
+    assert len(tasks) * (len(tasks) - 1) // 2 >= 15 and len({get_task(t).family for t in tasks}) >= 4
+    sequences = grid["05"]["sequences"]  # C5: at least 2 sequences, each crossing families
+    assert len(sequences) >= 2 and all(len({get_task(t).family for t in s}) == len(s) for s in sequences)
+
+
+@pytest.mark.parametrize("config", GRID, ids=lambda p: p.stem)
+def test_grid_file_passes_the_dry_run(config, capsys):
+    assert cli.main(["run", config.stem, "-f", str(config), "--dry-run"]) == 0
+    assert "parameters OK" in capsys.readouterr().out
+
+
 def test_dry_run_rejects_an_unknown_task(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("tasks: [sst2, no-such-task]\n")

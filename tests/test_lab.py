@@ -248,3 +248,28 @@ def test_a_shared_lab_follows_the_store_the_environment_names(setting, tmp_path,
     monkeypatch.setenv("SKILLGRAFT_STORE", str(tmp_path / "other"))
     other = setting.lab()
     assert other is not first and other.store.root == tmp_path / "other"   # never the old store
+
+
+def test_each_computed_step_records_its_own_wall_time_beside_the_store(setting, monkeypatch):
+    """A graft whose fine-tune is not stored computes it first: two lines, the graft's own time
+    without the fine-tune's inside it; a step read back records nothing."""
+    import json
+    import time as time_module
+
+    from skillgraft.published import COSTS
+
+    lab = setting.lab()
+    real = recipes.finetune
+    monkeypatch.setattr(recipes, "finetune", lambda *a, **k: (time_module.sleep(0.5), real(*a, **k))[1])
+    graft = lab.graft(lab.fine_tune("mr", setting.k, 13, setting.finetune), "mr", 0.05, setting.graft)
+    start = time_module.perf_counter()
+    lab.mask(graft)
+    took = time_module.perf_counter() - start
+    lines = [json.loads(x) for x in (lab.store.root / COSTS).read_text().splitlines()]
+    seconds = {x["kind"]: x["seconds"] for x in lines}
+    assert [x["key"] for x in lines] == [graft.delta.key, graft.key]  # the fine-tune first, computed inside
+    assert seconds["delta"] >= 0.5 and seconds["mask"] < took - 0.45  # the graft's own time, not the fine-tune's
+    assert seconds["delta"] + seconds["mask"] <= took + 0.2
+    lab_module._LABS.clear()
+    setting.lab().mask(graft)  # read back: no new line
+    assert len((lab.store.root / COSTS).read_text().splitlines()) == 2
