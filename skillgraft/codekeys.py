@@ -94,8 +94,9 @@ def closure(modules, root: str = str(PACKAGE)) -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def _resolver() -> dict[str, frozenset[str]]:
     """What each member of the resolver (:class:`skillgraft.lab.Lab`) brings into a computation that
-    asks for it: the modules its return annotation names, and the data path (:data:`RESOLVER_DATA`)
-    where its body calls into it. ``lab.delta`` brings nothing: a delta's value is keyed by its recipe."""
+    asks for it: the package modules its body and its return annotation name (``lab.splits``: the
+    data path, :data:`RESOLVER_DATA`; ``lab.mask``: the Mask it returns). ``lab.delta`` brings
+    nothing: it resolves another recipe, whose value is keyed by that recipe."""
     module, name = RESOLVER
     tree = ast.parse(_module_file(module).read_text())
     table = _package_imports(tree, PACKAGE)
@@ -103,9 +104,9 @@ def _resolver() -> dict[str, frozenset[str]]:
     out = {}
     for node in klass.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            named = {n.id for n in ast.walk(node.returns) if isinstance(n, ast.Name)} if node.returns is not None else set()
-            data = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & {RESOLVER_DATA}
-            out[node.name] = frozenset({table[n] for n in named if n in table} | data)
+            body = [n for stmt in node.body for n in ast.walk(stmt)]
+            named = [n for n in ast.walk(node.returns) if isinstance(n, ast.Name)] if node.returns is not None else []
+            out[node.name] = frozenset(table[n.id] for n in body + named if isinstance(n, ast.Name) and n.id in table)
     return out
 
 
