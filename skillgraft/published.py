@@ -236,7 +236,7 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
                      else {"recipe": getattr(recipe, "recipe_name", type(recipe).__name__), "label": recipe.label()})
         entries[name] = {"file": file, "sha256": digest, "bytes": len(data), **described}
         cost = seconds.get(name.split("/", 1)[1], old.get(name, {}).get("seconds"))
-        if cost is not None:  # the step's wall time, where a sweep recorded it (now or when first published)
+        if cost is not None:  # the step's wall time, where it was computed (recorded now or when first published)
             entries[name]["seconds"] = cost
         report.bytes += len(data)
         if name not in old:
