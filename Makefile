@@ -71,12 +71,12 @@ nbval: guard
 publish: setup
 	$(BIN)/skillgraft publish
 
-# The grid behind the verdicts (configs/grid/: eight tasks, five families, three seeds), computed chapter by
-# chapter and published as it goes (`publish --stored`): a stopped run loses only its unfinished steps, and the
-# next resumes from the local store or the published layer. Hours on two cores; commit results/ as it grows.
+# The grid behind the verdicts (configs/grid/: eight tasks, five families, three seeds), swept one unit at a time
+# (chapter 04 whole, then per task everything that starts from its fine-tunes) and published after each unit
+# (`publish --stored`): a stopped run loses at most the unit it was in, and a rerun skips what is published.
+# Hours on two cores; commit results/ as it grows. `skillgraft grid --dry-run` lists the units.
 grid: setup
-	@for c in configs/grid/[0-9][0-9]_*.yaml; do \
-	  $(BIN)/skillgraft sweep $$(basename $$c .yaml) -f $$c || exit 1; $(BIN)/skillgraft publish --stored || exit 1; done
+	$(BIN)/skillgraft grid
 
 # What the published results cost, per chain (a fine-tune, its grafts, their predictions) and in all, from the
 # wall time each step recorded where it was computed (kept in results/MANIFEST.json).

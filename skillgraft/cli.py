@@ -123,6 +123,15 @@ def cmd_sweep(args) -> None:
                          "a rerun computes only what is missing")
 
 
+def cmd_grid(args) -> None:
+    from . import grid
+
+    try:
+        grid.run(only=args.only, dry_run=args.dry_run, results=Path(args.root) if args.root else None)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
 def _sweepable() -> tuple[str, ...]:
     from .sweep import CHAPTERS
     return tuple(CHAPTERS)
@@ -252,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "as `skillgraft run` computes)")
     sw.add_argument("--dry-run", action="store_true", help="check the parameters and stop")
     sw.set_defaults(func=cmd_sweep)
+    gr = sub.add_parser("grid", help="the grid behind the verdicts (configs/grid/), swept unit by unit and published "
+                                     "after each (publish --stored)")
+    gr.add_argument("only", nargs="*", help="only these units (04, or a task such as mr); default: all")
+    gr.add_argument("--dry-run", action="store_true", help="list the units and check their parameters")
+    gr.add_argument("--root", help="the published layer (default: results/ of this checkout, or $SKILLGRAFT_RESULTS)")
+    gr.set_defaults(func=cmd_grid)
     book = sub.add_parser("book", help="execute the notebooks and build the book")
     book.add_argument("--no-execute", action="store_true", help="build from the committed outputs")
     book.set_defaults(func=cmd_book)
