@@ -75,12 +75,13 @@ def _checked(root: Path, name: str, given: dict) -> dict:
     """The chapter's full parameters for a unit; a unit of chapter 03 scores only the targets that
     share its source's classes (the others are another source's)."""
     path = root / "notebooks" / f"{name}.ipynb"
-    params = {**notebook_parameters(path), **given}
+    defaults = notebook_parameters(path)
     if "sources" in given:
         from .chapters.ood import same_labels
 
-        given = {**given, "targets": [t for t in params["targets"] if any(same_labels(s, t) for s in given["sources"])]}
-    return {**notebook_parameters(path), **check_parameters(path, given)}
+        targets = {**defaults, **given}["targets"]
+        given = {**given, "targets": [t for t in targets if any(same_labels(s, t) for s in given["sources"])]}
+    return {**defaults, **check_parameters(path, given)}
 
 
 def run(root: Path | None = None, only: list[str] | None = None, dry_run: bool = False, results: Path | None = None,
