@@ -262,16 +262,21 @@ def write(root: str | Path, recipes_used: dict[str, Recipe], store: Store, previ
     return report
 
 
-def _step_seconds(store: Store) -> dict[str, float]:
-    """key -> wall seconds of each step computed into ``store`` (its cost record), so that
-    the published layer keeps what its steps cost after the machine that computed them is gone."""
-    path = Path(store.root) / COSTS
-    out = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                out[row["key"]] = round(float(row["seconds"]), 1)
-            except (ValueError, KeyError, TypeError):  # a line cut by a killed writer
-                continue
+def cost_lines(store_root: str | Path) -> list[dict]:
+    """The cost record beside a store (:data:`COSTS`): one dict per computed step, in the order
+    written; a line cut by a killed writer is skipped."""
+    path = Path(store_root) / COSTS
+    out = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
     return out
+
+
+def _step_seconds(store: Store) -> dict[str, float]:
+    """key -> wall seconds of each step computed into ``store`` (its cost record, the latest line per
+    key), so that the published layer keeps what its steps cost after the machine is gone."""
+    return {row["key"]: round(float(row["seconds"]), 1) for row in cost_lines(store.root)
+            if "key" in row and "seconds" in row}

@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .lab import Lab
-from .published import COSTS  # beside the store's entries: one line per computed step, with its wall time
+from .published import COSTS, cost_lines  # beside the store's entries: one line per computed step, with its wall time
 
 __all__ = ["Step", "CHAPTERS", "plan", "sweep", "compute_step", "torch_threads"]
 
@@ -255,13 +255,9 @@ def _compute_step(step: Step) -> None:
 def costs(store_root: Path):
     """The wall time of every step sweeps computed into the store at ``store_root`` (latest per key), as
     a frame: kind, key, label, threads, seconds, finished."""
-    import json
-
     import pandas as pd
 
-    path = Path(store_root) / COSTS
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    frame = pd.DataFrame(rows, columns=["kind", "key", "label", "threads", "seconds", "finished"])
+    frame = pd.DataFrame(cost_lines(store_root), columns=["kind", "key", "label", "threads", "seconds", "finished"])
     return frame.drop_duplicates("key", keep="last").reset_index(drop=True)
 
 
