@@ -312,6 +312,8 @@ def spot_check(root: Path, chain: int | None = None, params: dict | None = None,
         lab.predict(task, Variant("graft", dspec, gspec))
         differences, compared = [], 0
         for kind_dir in sorted(Path(tmp).iterdir()):
+            if not kind_dir.is_dir() or kind_dir.name.startswith("."):  # the cost record and other files beside the store
+                continue
             for folder in sorted(kind_dir.iterdir()):
                 if folder.name.startswith("."):
                     continue
