@@ -73,6 +73,12 @@ class Lab:
         self._classifiers: dict[tuple, PromptClassifier] = {}
         self._inner = 0.0  # seconds of the steps computed inside the one computing now (their own lines)
 
+    def forget(self) -> None:
+        """Drop the values kept in memory: what is resolved next is read from the store (or the
+        published layer), as a new process would read it."""
+        for pool in self.memory.values():
+            pool.clear()
+
     # ---------------------------------------------------------------- data
     def classifier(self, task: str) -> PromptClassifier:
         """``task``'s prompt classifier over this lab's model."""

@@ -60,7 +60,8 @@ def test_masks_are_stored_as_positions(setting):
     entry = lab.store.load(mspec)
     stored = sum(t.numel() for t in entry.tensors.values())
     assert stored == mask.count < mask.total                  # one integer per grafted entry, not one per parameter
-    fresh = setting.lab().mask(mspec)                         # read back from the store by a new Lab
+    lab.forget()
+    fresh = lab.mask(mspec)                                   # read back from the store, not from memory
     assert fresh.equal(mask) and fresh.count == lab.mask_count(mspec)
 
 
@@ -74,6 +75,7 @@ def test_baseline_masks_and_similarities_are_read_back_without_the_delta(setting
     assert computed["top"].equal(masks.top_movement(lab.delta(dspec), 0.05))
     assert cos == pytest.approx(float(grafting.cosine(lab.delta(dspec), lab.delta(other))), abs=0)
     fresh = setting.lab()
+    fresh.forget()  # read back from the store, not from memory
     monkeypatch.setattr(fresh, "delta", lambda r: (_ for _ in ()).throw(AssertionError("read a delta")))
     assert fresh.mask(top).equal(computed["top"]) and fresh.mask(rnd).equal(computed["random"])
     assert fresh.mask(top).meta["method"] == "top_movement"
@@ -270,6 +272,6 @@ def test_each_computed_step_records_its_own_wall_time_beside_the_store(setting, 
     assert [x["key"] for x in lines] == [graft.delta.key, graft.key]  # the fine-tune first, computed inside
     assert seconds["delta"] >= 0.5 and seconds["mask"] < took - 0.45  # the graft's own time, not the fine-tune's
     assert seconds["delta"] + seconds["mask"] <= took + 0.2
-    lab_module._LABS.clear()
-    setting.lab().mask(graft)  # read back: no new line
+    lab.forget()
+    lab.mask(graft)  # read back from the store: no new line
     assert len((lab.store.root / COSTS).read_text().splitlines()) == 2
