@@ -107,7 +107,7 @@ class Watcher:
             p.unlink(missing_ok=True)
         if self.tty:
             self.stream.write("\r\033[K")
-        how = "" if computed else ", nothing computed (every result came from the store)"
+        how = "" if computed else ", no fine-tune, graft or prediction computed (each was read)"
         self.stream.write(f"[{self.name}] {'failed after' if exc[0] else 'done in'} {time.time() - self.start:.0f} s{how}\n")
         self.stream.flush()
 
