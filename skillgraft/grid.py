@@ -9,7 +9,11 @@ they start: chapter 04 whole (its single-task fine-tunes, the multi-task model, 
 per task everything that starts from its fine-tunes (chapters 01 and 02 on that task, 03 from it
 as a source, 05's sequences that begin with it). :func:`run` sweeps one unit at a time and
 publishes the local store after each (:func:`skillgraft.publishing.snapshot`), so a run stopped at
-any point loses at most the unit it was in, and a rerun skips what is published.
+any point loses at most the unit it was in, and a rerun skips what is published. Between the two,
+the unit's chapters run once through the real lab: a sweep computes the fine-tunes, grafts and
+predictions, and leaves to the chapters the cheap steps nothing else is made from (the similarity
+of two deltas, a location, a baseline mask); they are computed then, while the deltas they read are
+in the local store, so that the published unit holds everything its chapters resolve.
 """
 from __future__ import annotations
 
@@ -109,6 +113,8 @@ def run(root: Path | None = None, only: list[str] | None = None, dry_run: bool =
         if report.failed:
             raise RuntimeError(f"grid: {unit.label}: {len(report.failed)} step(s) failed; a rerun computes only "
                                "what is missing")
+        publishing.resolve_pages({name: (root / "notebooks" / f"{name}.ipynb", params) for name, params in chapters},
+                                 stream)  # the cheap leaves the sweep left to the chapters, into the store
         publishing.snapshot(results or root / "results", stream)
         stream.write(f"grid: {unit.label}: done, published ({report.summary()})\n")
     return todo

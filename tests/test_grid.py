@@ -38,3 +38,28 @@ def test_an_unknown_unit_is_refused_with_the_accepted_ones(capsys):
     assert cli.main(["grid", "--dry-run", "no-such-unit"]) == 2
     err = capsys.readouterr().err
     assert "no grid unit 'no-such-unit'; accepted: 04, mr" in err
+
+
+def test_each_unit_is_swept_then_run_by_its_chapters_then_published(monkeypatch, tmp_path):
+    """The chapters resolve the cheap steps a sweep leaves to them (a similarity, a baseline mask)
+    before the unit is published, so that the published unit holds all its chapters read."""
+    from skillgraft import publishing, sweep
+
+    calls = []
+
+    class Report:
+        failed: list = []
+
+        def summary(self):
+            return "nothing"
+
+    monkeypatch.setattr(sweep, "sweep", lambda chapters, stream=None: calls.append(("sweep", [n for n, _ in chapters]))
+                        or Report())
+    monkeypatch.setattr(publishing, "resolve_pages", lambda which, stream=None: calls.append(
+        ("chapters", sorted(which), {n: p["tasks"] for n, (_, p) in which.items() if "tasks" in p})))
+    monkeypatch.setattr(publishing, "snapshot", lambda root, stream=None: calls.append(("publish", root)))
+    grid.run(only=["04", "trec"], results=tmp_path)
+    assert [c[0] for c in calls] == ["sweep", "chapters", "publish"] * 2
+    assert calls[1][1] == ["04_multitask"] and calls[4][1] == ["01_single_task_grafting", "02_calibration"]
+    assert calls[4][2] == {"01_single_task_grafting": ["trec"], "02_calibration": ["trec"]}  # the unit's own task
+    assert calls[2][1] == calls[5][1] == tmp_path
