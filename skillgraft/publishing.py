@@ -95,7 +95,9 @@ def _with_inputs(ledger: dict) -> dict:
 
 
 def publish(root: Path, which: dict[str, tuple[Path, dict]] | None = None, stream: TextIO | None = None):
-    """Resolve every page (computing what is missing) and write the published layer at ``root``."""
+    """Resolve every page (computing what is missing) and write the published layer at ``root``.
+    What a page used before and no longer uses is dropped, and so is what this code no longer
+    reaches; entries no page has used (``publish --stored``) are kept while this code reaches them."""
     import sys
 
     from .store import default_store
@@ -113,6 +115,7 @@ def publish(root: Path, which: dict[str, tuple[Path, dict]] | None = None, strea
             if name not in chapters:
                 chapters[name] = page
                 ledger.update({e: _Kept(e) for e in page.get("entries", []) if e not in ledger})
+        ledger.update({e: _Kept(e) for e in _unclaimed(previous) if e not in ledger})
     report = pub.write(root, ledger, default_store(), previous, threads, chapters)
     for what, names in (("added", report.added), ("replaced", report.replaced), ("dropped", report.dropped)):
         for name in names:
@@ -126,8 +129,8 @@ def snapshot(root: Path, stream: TextIO | None = None):
     nothing and keeping what ``root`` already holds, so that the finished steps of a long
     computation (a sweep of the grid) outlive the machine: complete chains are then read from the
     published layer, and only what was unfinished is computed again. The pages' published
-    parameters stay as they were; ``make publish`` later writes the layer the book needs (and
-    drops what no page uses)."""
+    parameters stay as they were; ``make publish`` later writes the layer the book needs: it drops
+    what a page used before and no longer uses, and keeps these entries while this code reaches them."""
     import sys
 
     from .store import default_store
@@ -153,6 +156,15 @@ def snapshot(root: Path, stream: TextIO | None = None):
     report = pub.write(root, ledger, store, previous, threads.pop() if threads else 0, chapters)
     stream.write(f"publish --stored: {report.summary()} in {root}\n")
     return report
+
+
+def _unclaimed(layer: Published) -> list[str]:
+    """The entries of ``layer`` that no page used when it was published (those of ``publish --stored``:
+    a grid being computed, a benchmark's steps) and that this code still reaches: a page's publish
+    keeps them, so that a sweep's published units are never dropped before a page uses them."""
+    claimed = {e for page in layer.manifest.get("chapters", {}).values() for e in page.get("entries", [])}
+    refused, stale = layer.check()
+    return [e for e in layer.entries if e not in claimed and e not in set(refused) | set(stale)]
 
 
 class _Kept:

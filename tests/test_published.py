@@ -237,6 +237,13 @@ def test_publishing_the_store_as_it_is_keeps_what_is_published_and_skips_stale_e
         _no_compute(mp)
         fresh = _lab(params, root, tmp_path / "empty", threads=2)
         assert fresh.meta(dspec)["history"] and fresh.mask(gspec) is not None
+    page = set(manifest["chapters"]["01_single_task_grafting"]["entries"])
+    with torch_threads(2):  # the page republished with one seed: what only seed 21 used goes, the sweep's stays
+        narrowed = publishing.publish(root, {"01_single_task_grafting": (None, {**params, "seeds": [13]})})
+    manifest = json.loads((root / pub.MANIFEST).read_text())
+    now = set(manifest["chapters"]["01_single_task_grafting"]["entries"])
+    assert narrowed.dropped and set(narrowed.dropped) == page - now - stored
+    assert stored <= set(manifest["entries"])
     monkeypatch.setattr(store_module, "_current_code", lambda modules: "changed")  # entries of other code
     again = publishing.snapshot(root)
     assert not again.added and again.kept == len(manifest["entries"])
