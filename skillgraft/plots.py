@@ -435,19 +435,28 @@ def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: st
                           ylabel: str = "region overlap") -> Figure:
     """Scatter of task-pair similarity against region overlap, points numbered, the numbers keyed by pair below.
 
-    Frame: columns ``pair, similarity, overlap`` and optionally ``kind`` (colour, e.g.
-    "sentiment–sentiment"). The title reports Spearman's rho over all pairs.
+    Frame: columns ``pair, similarity, overlap`` and optionally ``kind`` (e.g. "sentiment–topic":
+    the two tasks' families). Points are coloured by whether the two tasks share a family (a kind
+    "x–x") or not, the comparison the claim is about; a ``kind`` not of that form colours by
+    itself. A number that would sit on another is set below its point. The title reports
+    Spearman's rho over all pairs.
     """
     _require(df, ["pair", "similarity", "overlap"], "similarity_vs_overlap")
     fig, ax = plt.subplots(figsize=(5.2, 4.2), layout="constrained")
-    hue = "kind" if "kind" in df else None
-    sns.scatterplot(data=df, x="similarity", y="overlap", hue=hue, s=50, ax=ax,
+    hue = None
+    if "kind" in df:
+        parts = df["kind"].astype(str).str.split("–")
+        if parts.map(len).eq(2).all():
+            df = df.assign(families=np.where(parts.str[0] == parts.str[1], "same family", "across families"))
+            hue = "families"
+        else:
+            hue = "kind"
+    order = [k for k in ("same family", "across families") if hue == "families" and k in set(df[hue])] or None
+    sns.scatterplot(data=df, x="similarity", y="overlap", hue=hue, hue_order=order, s=50, ax=ax,
                     palette=sns.color_palette("colorblind", df[hue].nunique()) if hue else None)
     ax.margins(x=0.1, y=0.15)
     # points are numbered, and the numbers keyed below the axes: names of many pairs would pile up
-    for n, (_, row) in enumerate(df.iterrows(), start=1):
-        ax.annotate(str(n), (row["similarity"], row["overlap"]), xytext=(4, 3), textcoords="offset points",
-                    fontsize=9, annotation_clip=False)
+    _number_points(fig, ax, df["similarity"].to_numpy(float), df["overlap"].to_numpy(float))
     key = ",  ".join(f"{n} {pair}" for n, pair in enumerate(df["pair"], start=1))
     fig.text(0.5, 0, _wrap(key, 5.2, 9), ha="center", va="top", fontsize=9, transform=fig.transFigure)
     head = title or "Region overlap vs task similarity"
@@ -460,6 +469,34 @@ def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: st
     ax.set(title=head, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _number_points(fig: Figure, ax, x: np.ndarray, y: np.ndarray, fontsize: float = 9) -> None:
+    """Number the points 1..n, each number beside its point where it covers neither another
+    point nor a number already placed (tried: above right, below right, above left, below left;
+    the least crowded if none is free)."""
+    fig.canvas.draw()  # the layout decides where the data fall on the figure
+    at = ax.transData.transform(np.column_stack([x, y]))
+    px = fig.dpi / 72  # pixels per point
+    height, marker = fontsize * px, 4 * px
+    boxes: list[tuple[float, float, float, float]] = []
+
+    def clash(box) -> float:
+        x0, y0, x1, y1 = box
+        hits = sum(x0 - marker < p[0] < x1 + marker and y0 - marker < p[1] < y1 + marker for p in at)
+        return hits + sum(not (x1 < b[0] or b[2] < x0 or y1 < b[1] or b[3] < y0) for b in boxes)
+
+    for n, (p, xv, yv) in enumerate(zip(at, x, y), start=1):
+        width = 0.62 * fontsize * px * len(str(n))
+        options = []
+        for dx, dy in ((4, 3), (4, -3 - fontsize), (-4 - 0.62 * fontsize * len(str(n)), 3),
+                       (-4 - 0.62 * fontsize * len(str(n)), -3 - fontsize)):
+            x0, y0 = p[0] + dx * px, p[1] + dy * px
+            options.append((clash((x0, y0, x0 + width, y0 + height)), (dx, dy), (x0, y0, x0 + width, y0 + height)))
+        _, offset, box = min(options, key=lambda o: o[0])  # the first free place, else the least crowded
+        boxes.append(box)
+        ax.annotate(str(n), (xv, yv), xytext=offset, textcoords="offset points", fontsize=fontsize,
+                    annotation_clip=False)
 
 
 # ----------------------------------------------------------------------------- many tasks

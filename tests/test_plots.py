@@ -242,3 +242,14 @@ def test_similarity_vs_overlap_keys_numbered_points():
     fig = plots.similarity_vs_overlap(df)
     assert [t.get_text() for t in fig.axes[0].texts] == [str(n) for n in range(1, 16)]
     assert "15 t4–t5" in fig.texts[0].get_text() and "1 t0–t1" in fig.texts[0].get_text()
+
+
+def test_similarity_vs_overlap_colours_pairs_by_shared_family_and_keeps_numbers_apart():
+    df = pd.DataFrame(dict(pair=["mr–cr", "mr–trec", "cr–trec", "trec–sms"], similarity=[0.4, 0.1, 0.1, 0.2],
+                           overlap=[0.35, 0.2, 0.2, 0.25],
+                           kind=["sentiment–sentiment", "question–sentiment", "question–sentiment", "question–spam"]))
+    fig = plots.similarity_vs_overlap(df)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["same family", "across families"]
+    offsets = [t.xyann for t in ax.texts]
+    assert offsets[1] != offsets[2]  # two pairs on one point: their numbers do not overlap
