@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
     gr = sub.add_parser("grid", help="the grid behind the verdicts (configs/grid/), swept unit by unit and published "
                                      "after each (publish --stored)")
-    gr.add_argument("only", nargs="*", help="only these units (04, or a task such as mr); default: all")
+    gr.add_argument("only", nargs="*", help="only these units (04, or a task such as mr), run in the grid's order; default: all")
     gr.add_argument("--dry-run", action="store_true", help="list the units and check their parameters")
     gr.add_argument("--root", help="the published layer (default: results/ of this checkout, or $SKILLGRAFT_RESULTS)")
     gr.set_defaults(func=cmd_grid)
