@@ -43,7 +43,7 @@ def test_watcher_shows_the_stages_another_process_reports():
     text = out.getvalue()
     assert "[02_calibration" in text and "fine-tuning cr, seed 21" in text
     assert "predicting cr test, 200 examples" in text and "done in" in text
-    assert "nothing computed" not in text
+    assert "no fine-tune, graft or prediction computed" not in text
     assert not path.exists() and progress.ENV not in os.environ
 
 
@@ -51,4 +51,4 @@ def test_watcher_says_when_nothing_was_computed():
     out = io.StringIO()
     with progress.Watcher("01_single_task_grafting", stream=out, interval=0.05):
         pass
-    assert "nothing computed" in out.getvalue()
+    assert "no fine-tune, graft or prediction computed" in out.getvalue()
