@@ -438,8 +438,8 @@ def similarity_vs_overlap(df: pd.DataFrame, title: str | None = None, xlabel: st
     Frame: columns ``pair, similarity, overlap`` and optionally ``kind`` (e.g. "sentiment–topic":
     the two tasks' families). Points are coloured by whether the two tasks share a family (a kind
     "x–x") or not, the comparison the claim is about; a ``kind`` not of that form colours by
-    itself. A number that would sit on another is set below its point. The title reports
-    Spearman's rho over all pairs.
+    itself. Each point's number goes where it covers no other point or number
+    (:func:`_number_points`). The title reports Spearman's rho over all pairs.
     """
     _require(df, ["pair", "similarity", "overlap"], "similarity_vs_overlap")
     fig, ax = plt.subplots(figsize=(5.2, 4.2), layout="constrained")
@@ -487,12 +487,12 @@ def _number_points(fig: Figure, ax, x: np.ndarray, y: np.ndarray, fontsize: floa
         return hits + sum(not (x1 < b[0] or b[2] < x0 or y1 < b[1] or b[3] < y0) for b in boxes)
 
     for n, (p, xv, yv) in enumerate(zip(at, x, y), start=1):
-        width = 0.62 * fontsize * px * len(str(n))
+        wide = 0.62 * fontsize * len(str(n))  # the number's width, in points
         options = []
-        for dx, dy in ((4, 3), (4, -3 - fontsize), (-4 - 0.62 * fontsize * len(str(n)), 3),
-                       (-4 - 0.62 * fontsize * len(str(n)), -3 - fontsize)):
+        for dx, dy in ((4, 3), (4, -3 - fontsize), (-4 - wide, 3), (-4 - wide, -3 - fontsize)):
             x0, y0 = p[0] + dx * px, p[1] + dy * px
-            options.append((clash((x0, y0, x0 + width, y0 + height)), (dx, dy), (x0, y0, x0 + width, y0 + height)))
+            box = (x0, y0, x0 + wide * px, y0 + height)
+            options.append((clash(box), (dx, dy), box))
         _, offset, box = min(options, key=lambda o: o[0])  # the first free place, else the least crowded
         boxes.append(box)
         ax.annotate(str(n), (xv, yv), xytext=offset, textcoords="offset points", fontsize=fontsize,

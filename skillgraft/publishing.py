@@ -323,27 +323,23 @@ def spot_check(root: Path, chain: int | None = None, params: dict | None = None,
         lab.predict(task, Variant("fine-tuned", delta=dspec))
         lab.predict(task, Variant("graft", dspec, gspec))
         differences, compared = [], 0
-        for kind_dir in sorted(Path(tmp).iterdir()):
-            if not kind_dir.is_dir() or kind_dir.name.startswith("."):  # the cost record and other files beside the store
+        for stored in lab.store.entries():  # every entry the chain computed, as the store lists them
+            kind, key = stored["kind"], stored["key"]
+            name = f"{kind}/{key}"
+            record = json.loads((Path(tmp) / name / "meta.json").read_text())
+            body = layer.body(name)
+            recipe = _Named(record, kind, key)
+            if body is None:
+                differences.append(Difference(f"{record['recipe']} {name[:20]}", "is not published"))
                 continue
-            for folder in sorted(kind_dir.iterdir()):
-                if folder.name.startswith("."):
-                    continue
-                record = json.loads((folder / "meta.json").read_text())
-                name = f"{kind_dir.name}/{folder.name}"
-                body = layer.body(name)
-                recipe = _Named(record, kind_dir.name, folder.name)
-                if body is None:
-                    differences.append(Difference(f"{record['recipe']} {name[:20]}", "is not published"))
-                    continue
-                entry = lab.store.load(recipe)
-                made = body.get("provenance", {})
-                exact = (made.get("cpu"), made.get("torch"), made.get("threads")) == (here["cpu"], here["torch"],
-                                                                                       lab.threads)
-                stream.write(f"spot check: {recipe.label()}: compared {'bit for bit' if exact else 'within the tolerance'} "
-                             f"(published from {made.get('cpu') or '?'}, {made.get('threads')} threads)\n")
-                differences += _compare(recipe, entry, body, exact)
-                compared += 1
+            entry = lab.store.load(recipe)
+            made = body.get("provenance", {})
+            exact = (made.get("cpu"), made.get("torch"), made.get("threads")) == (here["cpu"], here["torch"],
+                                                                                   lab.threads)
+            stream.write(f"spot check: {recipe.label()}: compared {'bit for bit' if exact else 'within the tolerance'} "
+                         f"(published from {made.get('cpu') or '?'}, {made.get('threads')} threads)\n")
+            differences += _compare(recipe, entry, body, exact)
+            compared += 1
         stream.write(f"spot check: {compared} entries compared, {len(differences)} difference(s)\n")
     return differences
 
