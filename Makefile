@@ -106,7 +106,7 @@ fidelity: setup
 # The teaching page's exercises, each run as its command says, into book/answers.ipynb (committed with
 # its outputs; the solutions glue their measured answers from it). About an hour with the book's store warm.
 answers: setup
-	$(BIN)/python -c "from pathlib import Path; from skillgraft import cli; p = Path('book/answers.ipynb'); cli.execute(p, p, {'only': []})"
+	$(BIN)/python -c "from pathlib import Path; from skillgraft import cli; p = Path('book/answers.ipynb'); cli.execute(p, p, {})"
 
 # The task survey (book/survey.ipynb, committed with its outputs; the data page glues from it): every offline task
 # fine-tuned once and compared with zero-shot, and what a fine-tuning step costs. About 40 minutes from an empty store.

@@ -18,8 +18,11 @@ def test_every_exercise_has_one_command_that_passes_the_checks():
     for e in found:
         params = ex.parameters(e)  # raises on a parameter the chapter does not have, or a bad value
         assert all(params[k] == v for k, v in e.given.items()) and e.key == e.label.replace("-", "_")
+    # each names its tasks, so that it runs the same (and its answer stays fresh) when a chapter's default tasks change
+    unnamed = [e.label for e in found if not {"tasks", "sources", "sequences"} & set(e.given)]
+    assert not unnamed, f"exercises that run on the chapter's default tasks: {unnamed}"
     one_step = next(e for e in found if e.label == "ex-1-4")
-    assert one_step.chapter == "01_single_task_grafting" and one_step.given == {"seeds": [13], "graft_epochs": 1}
+    assert one_step.chapter == "01_single_task_grafting" and one_step.given == {"tasks": ["mr"], "seeds": [13], "graft_epochs": 1}
 
 
 def test_an_exercise_without_exactly_one_command_is_refused(tmp_path):
@@ -69,3 +72,58 @@ def test_every_solution_glues_the_answer_the_answers_page_measured():
         assert solution, f"{e.label} has no solution"
         assert f"answers.ipynb::{e.key}:s" in solution.group(1) and f"{e.key}_minutes:s" in solution.group(1), e.label
         assert {e.key, f"{e.key}_minutes"} <= glued, f"the answers page does not glue {e.label}"
+
+
+def _answers_page(path, fingerprint):
+    """An executed answers page that glues ``fingerprint`` as the answers page does."""
+    import json
+
+    glue = {"output_type": "display_data", "metadata": {"scrapbook": {"name": ex.FINGERPRINT}},
+            "data": {"application/papermill.record/text/plain": repr(json.dumps(fingerprint))}}
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "outputs": [glue]}]}))
+    return path
+
+
+def _teaching(path, *commands):
+    path.write_text("".join(f":::{{exercise}} E{i}\n:label: ex-1-{i}\n\n```bash\n{c}\n```\n:::\n\n"
+                            for i, c in enumerate(commands, 1)))
+    return path
+
+
+def test_the_answers_check_passes_on_a_fresh_page_and_names_what_changed(tmp_path):
+    page = _teaching(tmp_path / "teaching.md", "skillgraft run 01 -p tasks '[\"mr\"]' -p seeds '[13]' -p graft_epochs 1",
+                     "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 5")
+    answers = _answers_page(tmp_path / "answers.ipynb", ex.fingerprint(page))
+    assert ex.stale(page, answers) == []
+
+    # a command changed on the teaching page: that exercise, and the parameter, are named
+    _teaching(page, "skillgraft run 01 -p tasks '[\"mr\"]' -p seeds '[13]' -p graft_epochs 2",
+              "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 5", "skillgraft run 02 -p tasks '[\"cr\"]'")
+    problems = ex.stale(page, answers)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("ex-1-3: not on the answers page")
+    assert problems[1].startswith("ex-1-1: run with other parameters than its command gives now (graft_epochs)")
+    assert all("`make answers`" in p for p in problems)
+
+
+def test_the_answers_check_fails_on_other_code_a_dropped_exercise_or_no_record(tmp_path):
+    page = _teaching(tmp_path / "teaching.md", "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 5",
+                     "skillgraft run 02 -p tasks '[\"sms\"]'")
+    then = ex.fingerprint(page)
+    assert set(then["exercises"]) == {"ex-1-1", "ex-1-2"} and len(then["code"]) == 64
+    assert set(ex.fingerprint(page, only=["ex-1-2"])["exercises"]) == {"ex-1-2"}  # a run of some exercises only
+    then["code"] = "0" * 64
+    answers = _answers_page(tmp_path / "answers.ipynb", then)
+    _teaching(page, "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 5")
+    problems = ex.stale(page, answers)
+    assert "executed with other code than this" in problems[0] and "000000000000" in problems[0]
+    assert problems[1].startswith("ex-1-2: on the answers page but no longer on the teaching page")
+    (tmp_path / "old.ipynb").write_text('{"cells": []}')
+    assert ex.stale(page, tmp_path / "old.ipynb")[0].endswith(
+        "glues no answers_fingerprint: it was executed before its freshness was recorded; `make answers` executes it again")
+
+
+def test_the_answers_fingerprint_covers_the_code_of_every_stored_step():
+    modules = set(ex._keyed_modules())  # read from the recipe classes' sources, never listed by hand
+    assert {"finetune", "grafting", "localization", "masks", "models", "recipes", "workbench"} <= modules
+    assert not modules & {"lab", "notebook", "plots", "verdicts", "progress"}  # not what a key covers

@@ -8,16 +8,21 @@ turns a command into the chapter's full parameters (checked as the CLI checks th
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from . import CHAPTERS
 
-__all__ = ["Exercise", "exercises", "parameters", "run", "measured", "previous_minutes"]
+__all__ = ["Exercise", "exercises", "parameters", "run", "measured", "previous_minutes", "fingerprint", "stale",
+           "FINGERPRINT"]
+
+FINGERPRINT = "answers_fingerprint"  # the glue name of :func:`fingerprint` on the answers page
 
 _BLOCK = re.compile(r":::\{exercise\}[^\n]*\n:label: (ex-\d+-\d+)\n(.*?)\n:::", re.S)
 _COMMAND = re.compile(r"```bash\n(skillgraft run [^\n]+)\n```")
@@ -93,6 +98,66 @@ def previous_minutes(notebook: str | Path) -> dict[str, float]:
             except ValueError:
                 pass
     return out
+
+
+# ---------------------------------------------------------------------------- freshness
+def _keyed_modules() -> tuple[str, ...]:
+    """Every package module a stored step's key covers (the union over the recipe classes)."""
+    from .. import recipes
+
+    todo, modules = list(recipes.Recipe.__subclasses__()), set()
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.kind:
+            modules |= set(cls.code)
+    return tuple(sorted(modules))
+
+
+def fingerprint(page: str | Path, only: Iterable[str] | None = None) -> dict:
+    """What the measured answers rest on: each exercise's command and its chapter's full parameters,
+    and what every stored step is keyed by besides them (the package version, the source of every
+    module a key covers); with ``only``, of those exercises alone (the ones a run executed). The answers
+    page glues it when executed; :func:`stale` compares it with now."""
+    from .. import __version__, recipes
+
+    return {"skillgraft": __version__, "code": recipes.code_hash(_keyed_modules()),
+            "exercises": {e.label: {"command": e.command, "parameters": recipes.jsonable(parameters(e))}
+                          for e in exercises(page) if only is None or e.label in set(only)}}
+
+
+def stale(page: str | Path, notebook: str | Path) -> list[str]:
+    """Why the answers page ``notebook`` is older than what the teaching ``page`` cites from it (an empty
+    list: it is not): an exercise added, dropped, or run with other parameters than its command and its
+    chapter's defaults give now, or steps keyed by other code. Seconds, no model."""
+    import ast
+
+    from ..notebook import glued_outputs
+
+    rerun = "`make answers` executes it again"
+    bundle = glued_outputs(notebook).get(FINGERPRINT, {}) if Path(notebook).is_file() else {}
+    if "text/plain" not in bundle:
+        return [f"{notebook} glues no {FINGERPRINT}: it was executed before its freshness was recorded; {rerun}"]
+    then, now = ast.literal_eval(bundle["text/plain"]), fingerprint(page)
+    if isinstance(then, str):
+        then = json.loads(then)
+    problems = []
+    if then.get("skillgraft") != now["skillgraft"] or then.get("code") != now["code"]:
+        problems.append(f"{notebook}: executed with other code than this (skillgraft {then.get('skillgraft')}, code "
+                        f"{str(then.get('code'))[:12]}; now {now['skillgraft']}, {now['code'][:12]}): every "
+                        f"exercise's steps have other keys now; {rerun}")
+    had, has = then.get("exercises", {}), now["exercises"]
+    for label in sorted(set(has) - set(had)):
+        problems.append(f"{label}: not on the answers page (a new exercise); {rerun}")
+    for label in sorted(set(had) - set(has)):
+        problems.append(f"{label}: on the answers page but no longer on the teaching page; {rerun}")
+    for label in sorted(set(had) & set(has)):
+        a, b = had[label]["parameters"], has[label]["parameters"]
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if changed:
+            problems.append(f"{label}: run with other parameters than its command gives now ({', '.join(changed)}); "
+                            f"{rerun}")
+    return problems
 
 
 # ---------------------------------------------------------------------------- what a run measured
