@@ -88,6 +88,12 @@ def report(root: str | Path) -> str:
         if total else "nothing timed"
     lines += ["", f"In all: {len(entries)} published steps, {int(timed.sum())} of them timed, "
                   f"{total / 60:.2f} h of wall time ({parts})."]
+    layer = Published(root)
+    paged = {e for page in layer.manifest.get("chapters", {}).values() for e in page.get("entries", [])}
+    pages = entries[entries.name.isin(paged)]
+    lines.append(f"The book's pages resolve {len(pages)} of these steps: computing them from nothing (`make reproduce`) "
+                 f"takes {pages.seconds.sum() / 3600:.2f} h of wall time at these costs"
+                 + (f", {int(pages.seconds.isna().sum())} steps untimed." if pages.seconds.isna().any() else "."))
     untimed = entries[~timed & entries.lower.notna()]
     if len(untimed):
         lines.append(f"Fine-tunes without a recorded time: {len(untimed)}, at least "

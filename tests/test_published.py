@@ -272,3 +272,6 @@ def test_published_entries_keep_what_each_step_cost_and_the_report_charges_it_to
     assert chains.steps.sum() == len(entries) and chains.untimed.sum() == 0
     text = costs.report(root)
     assert f"In all: {len(entries)} published steps, {len(entries)} of them timed" in text
+    page = json.loads((root / pub.MANIFEST).read_text())["chapters"]["01_single_task_grafting"]["entries"]
+    assert f"The book's pages resolve {len(page)} of these steps" in text
+    assert f"takes {sum(timed[n] for n in page) / 3600:.2f} h of wall time at these costs." in text
