@@ -16,7 +16,7 @@ import pandas as pd
 
 from .published import Published
 
-__all__ = ["entry_costs", "chain_costs", "report"]
+__all__ = ["chain_name", "entry_costs", "chain_costs", "report"]
 
 KINDS = {"delta": "fine-tune", "mask": "masks", "probs": "predictions"}
 
@@ -38,6 +38,26 @@ def _root(name: str, layer: Published, memo: dict) -> str | None:
     return memo[name]
 
 
+_WHAT = {"single": "fine-tuning", "multitask": "multi-task fine-tuning", "sequential": "sequential fine-tuning"}
+
+
+def chain_name(spec: dict) -> str:
+    """A fine-tune as the report names its chain, from its published spec: what, tasks and seed, and
+    whatever of its trainer differs from the chapters' (optimizer, clipping, ties)."""
+    mode = spec.get("mode", "single")
+    join = {"multitask": " + ", "sequential": " → "}.get(mode, ", ")
+    ft = spec.get("finetune", {})
+    extras = []
+    if ft.get("optimizer", "sgd") != "sgd":
+        extras.append(str(ft["optimizer"]))
+    if ft.get("max_grad_norm") is not None:
+        extras.append(f"clipped at {ft['max_grad_norm']}")
+    if ft.get("ties", "later") != "later":
+        extras.append(f"ties to the {ft['ties']} check")
+    name = f"{_WHAT.get(mode, mode)} {join.join(spec.get('tasks', []))}, seed {spec.get('seed')}"
+    return f"{name} ({', '.join(extras)})" if extras else name
+
+
 def entry_costs(root: str | Path) -> pd.DataFrame:
     """One row per published entry: name, kind, label, seconds (NaN where not recorded), lower (a
     fine-tune's summed step times where its own time was not recorded), chain, tasks, mode."""
@@ -52,7 +72,7 @@ def entry_costs(root: str | Path) -> pd.DataFrame:
             lower = sum(float(r.get("seconds") or 0) for r in history) if history else math.nan
         rows.append({"name": name, "kind": KINDS.get(name.split("/", 1)[0], name.split("/", 1)[0]),
                      "label": info.get("label", name), "seconds": float(info.get("seconds", math.nan)),
-                     "lower": lower, "chain": layer.entries[chain]["label"] if chain else "zero-shot",
+                     "lower": lower, "chain": chain_name(spec) if chain else "zero-shot",
                      "tasks": " + ".join(spec.get("tasks", [])) if chain else "",
                      "mode": spec.get("mode", "") if chain else ""})
     return pd.DataFrame(rows, columns=["name", "kind", "label", "seconds", "lower", "chain", "tasks", "mode"])

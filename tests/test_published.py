@@ -275,3 +275,16 @@ def test_published_entries_keep_what_each_step_cost_and_the_report_charges_it_to
     page = json.loads((root / pub.MANIFEST).read_text())["chapters"]["01_single_task_grafting"]["entries"]
     assert f"The book's pages resolve {len(page)} of these steps" in text
     assert f"takes {sum(timed[n] for n in page) / 3600:.2f} h of wall time at these costs." in text
+
+
+def test_the_cost_report_names_a_chain_by_its_fine_tune_and_what_of_its_trainer_differs():
+    from skillgraft import costs
+
+    spec = {"mode": "single", "tasks": ["mr"], "seed": 13,
+            "finetune": {"optimizer": "sgd", "max_grad_norm": None, "ties": "later", "steps": 80}}
+    assert costs.chain_name(spec) == "fine-tuning mr, seed 13"
+    odd = {**spec, "finetune": {"optimizer": "adamw", "max_grad_norm": 1.0, "ties": "first"}}
+    assert costs.chain_name(odd) == "fine-tuning mr, seed 13 (adamw, clipped at 1.0, ties to the first check)"
+    assert costs.chain_name({**spec, "mode": "sequential", "tasks": ["mr", "trec"]}) == \
+        "sequential fine-tuning mr → trec, seed 13"
+    assert costs.chain_name({**spec, "mode": "multitask", "tasks": ["mr", "cr"]}).startswith("multi-task fine-tuning mr + cr")
