@@ -21,7 +21,7 @@ from scipy import optimize, special, stats
 from .masks import Mask
 
 __all__ = [
-    "accuracy", "ece", "reliability_bins", "brier", "nll", "softmax", "fit_temperature",
+    "accuracy", "ece", "ece_top", "top_class", "reliability_bins", "brier", "nll", "softmax", "fit_temperature",
     "calibration_summary", 
     "overlap", "jaccard", "overlap_matrix", "RandomOverlap", "random_overlap", "random_overlap_matrix",
     "backward_transfer", "forgetting",
@@ -87,10 +87,19 @@ def reliability_bins(probs, labels, n_bins: int = 10) -> pd.DataFrame:
     confidence`` (mean confidence in the bin), ``accuracy`` and ``gap`` (accuracy −
     confidence); confidence, accuracy and gap are NaN for an empty bin. Counts sum to N.
     """
+    conf, correct = top_class(probs, labels)
+    return _bins(conf, correct, _check_bins(n_bins))
+
+
+def top_class(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's confidence (its largest class probability) and whether that class is its label
+    (1.0 or 0.0): all that accuracy, ECE and the reliability bins read of a prediction, so that the
+    predictions of tasks with other numbers of classes can be pooled."""
     probs, labels = _check(probs, labels)
-    n_bins = _check_bins(n_bins)
-    conf = probs.max(axis=1)                              # (N,)
-    correct = (probs.argmax(axis=1) == labels).astype(float)  # (N,)
+    return probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(float)
+
+
+def _bins(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> pd.DataFrame:
     idx = _bin_index(conf, n_bins)
     count = np.bincount(idx, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -112,7 +121,17 @@ def ece(probs, labels, n_bins: int = 10) -> float:
     and conf its mean confidence. The paper does not state its binning; 10 equal-width
     bins over the top-class probability is the choice of this compendium.
     """
-    bins = reliability_bins(probs, labels, n_bins)
+    conf, correct = top_class(probs, labels)
+    return ece_top(conf, correct, n_bins)
+
+
+def ece_top(confidence, correct, n_bins: int = 10) -> float:
+    """:func:`ece` from each example's top-class confidence and correctness (:func:`top_class`)."""
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    if confidence.ndim != 1 or confidence.shape != correct.shape or not len(confidence):
+        raise ValueError(f"confidence and correct must be non-empty (N,) arrays of one length; got shapes "
+                         f"{confidence.shape} and {correct.shape}")
+    bins = _bins(confidence, correct, _check_bins(n_bins))
     full = bins[bins["count"] > 0]
     return float(np.sum(full["count"] / bins["count"].sum() * np.abs(full["gap"])))
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import metrics
 
-__all__ = ["VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "no_room", "across", "tally", "forest_frame", "memo", "Interval", "Verdict", "bootstrap", "accuracy_interval", "accuracy_gap", "ece_gap",
+__all__ = ["VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "no_room", "across", "tally", "forest_frame", "memo", "Interval", "Verdict", "bootstrap", "correctness", "accuracy_interval", "accuracy_gap", "ece_gap",
            "ece_reduction"]
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTABLE = "holds", "fails", "inconclusive", "not testable here"
@@ -194,13 +194,22 @@ def _pool(groups: list[Group], i: int) -> np.ndarray:
     return np.concatenate([g[i] for g in groups])
 
 
-def accuracy_interval(groups: Sequence[Group], combine: Callable[..., float], **kw) -> Interval:
+def correctness(group: Group) -> tuple[np.ndarray, ...]:
+    """``(probs_1, …, probs_m, labels)`` as ``(correct_1, …, correct_m)``: whether each model's top
+    class is the label (1.0 or 0.0), all an accuracy reads. Groups made so pool across tasks with
+    other numbers of classes; :func:`accuracy_interval` takes them with ``scored=True``."""
+    return tuple(metrics.top_class(probs, group[-1])[1] for probs in group[:-1])
+
+
+def accuracy_interval(groups: Sequence[Group], combine: Callable[..., float], scored: bool = False, **kw) -> Interval:
     """``combine(acc_1, …, acc_m)`` of the accuracies of m models, from groups
-    ``(probs_1, …, probs_m, labels)`` with the examples of the drawn seeds pooled."""
+    ``(probs_1, …, probs_m, labels)`` (or, with ``scored``, groups of :func:`correctness`) with the
+    examples of the drawn seeds pooled."""
+    tops = list(groups) if scored else [correctness(g) for g in groups]
+
     def stat(gs):
-        labels = _pool(gs, -1)
-        return float(combine(*(float(np.mean(_pool(gs, i).argmax(1) == labels)) for i in range(len(gs[0]) - 1))))
-    return bootstrap(stat, groups, **kw)
+        return float(combine(*(float(np.mean(_pool(gs, i))) for i in range(len(gs[0])))))
+    return bootstrap(stat, tops, **kw)
 
 
 def accuracy_gap(groups: Sequence[Group], **kw) -> Interval:
@@ -208,18 +217,27 @@ def accuracy_gap(groups: Sequence[Group], **kw) -> Interval:
     return accuracy_interval(groups, lambda a, b: a - b, **kw)
 
 
+def _tops(groups: Sequence[Group]) -> list[tuple]:
+    """Groups ``(probs_a, probs_b, labels)`` as ``(conf_a, correct_a, conf_b, correct_b)``: what an ECE
+    reads (:func:`metrics.top_class`), so that tasks with other numbers of classes pool."""
+    return [metrics.top_class(g[0], g[2]) + metrics.top_class(g[1], g[2]) for g in groups]
+
+
+def _eces(gs, n_bins: int) -> tuple[float, float]:
+    return (metrics.ece_top(_pool(gs, 0), _pool(gs, 1), n_bins), metrics.ece_top(_pool(gs, 2), _pool(gs, 3), n_bins))
+
+
 def ece_gap(groups: Sequence[Group], n_bins: int = 10, **kw) -> Interval:
     """ECE(b) − ECE(a) from groups ``(probs_a, probs_b, labels)``: positive when a is better calibrated."""
     def stat(gs):
-        labels = _pool(gs, 2)
-        return metrics.ece(_pool(gs, 1), labels, n_bins) - metrics.ece(_pool(gs, 0), labels, n_bins)
-    return bootstrap(stat, groups, **kw)
+        a, b = _eces(gs, n_bins)
+        return b - a
+    return bootstrap(stat, _tops(groups), **kw)
 
 
 def ece_reduction(groups: Sequence[Group], n_bins: int = 10, **kw) -> Interval:
     """(ECE(b) − ECE(a)) / ECE(b) from groups ``(probs_a, probs_b, labels)``: the paper's "% lower"."""
     def stat(gs):
-        labels = _pool(gs, 2)
-        ref = metrics.ece(_pool(gs, 1), labels, n_bins)
-        return (ref - metrics.ece(_pool(gs, 0), labels, n_bins)) / ref if ref > 0 else np.nan
-    return bootstrap(stat, groups, **kw)
+        a, ref = _eces(gs, n_bins)
+        return (ref - a) / ref if ref > 0 else np.nan
+    return bootstrap(stat, _tops(groups), **kw)

@@ -250,3 +250,36 @@ def test_a_verdicts_summary_reads_as_one_line():
     v = vd.Verdict("C1", "holds", ("pooled over the 2 tested tasks (mr, sms):", "recovery 98%", "task by task: holds on 2"))
     assert v.summary() == "pooled over the 2 tested tasks (mr, sms): recovery 98%; task by task: holds on 2"
     assert vd.Verdict("C4", "fails", ()).summary() == ""
+
+
+def test_intervals_pool_tasks_with_other_numbers_of_classes():
+    """A binary task and a six-class task pool into one accuracy or ECE interval: each prediction is
+    scored (top-class confidence, correctness) before pooling, with the values of pooling the
+    probabilities where the classes match."""
+    import numpy as np
+
+    from skillgraft import metrics, verdicts
+
+    rng = np.random.default_rng(0)
+    def group(c, n=50):
+        a, b = rng.dirichlet(np.ones(c), n), rng.dirichlet(np.ones(c), n)
+        return a, b, rng.integers(c, size=n)
+    two, six = group(2), group(6)
+    gap = verdicts.accuracy_gap([two, six], n_boot=50)
+    want = (np.mean(np.r_[two[0].argmax(1) == two[2], six[0].argmax(1) == six[2]])
+            - np.mean(np.r_[two[1].argmax(1) == two[2], six[1].argmax(1) == six[2]]))
+    assert gap.estimate == pytest.approx(want) and gap.low <= gap.estimate <= gap.high
+    red = verdicts.ece_gap([two, six], n_bins=10, n_boot=50)
+    conf = lambda i: np.r_[two[i].max(1), six[i].max(1)]
+    hit = lambda i: np.r_[two[i].argmax(1) == two[2], six[i].argmax(1) == six[2]]
+    assert red.estimate == pytest.approx(metrics.ece_top(conf(1), hit(1)) - metrics.ece_top(conf(0), hit(0)))
+    # where the classes match, the same numbers as pooling the probabilities themselves
+    other = group(2)
+    pooled = lambda i: np.r_[two[i], other[i]]
+    assert verdicts.ece_gap([two, other], n_boot=50).estimate == \
+        metrics.ece(pooled(1), pooled(2)) - metrics.ece(pooled(0), pooled(2))
+    assert metrics.ece(two[0], two[2]) == metrics.ece_top(*metrics.top_class(two[0], two[2]))
+    scored = verdicts.accuracy_gap([verdicts.correctness(two), verdicts.correctness(six)], scored=True, n_boot=50)
+    assert (scored.estimate, scored.low, scored.high) == (gap.estimate, gap.low, gap.high)
+    with pytest.raises(ValueError, match="confidence and correct must be non-empty"):
+        metrics.ece_top(np.ones(3), np.ones(2))

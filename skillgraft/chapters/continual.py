@@ -150,19 +150,21 @@ def _groups(result: Continual, method: str) -> tuple[list, list]:
     labels = lambda seed, j: result.probs.get(seed=seed, method="sequential", stage=j, task=j).labels
     bwt, final = [], []
     for seed in seeds:
-        # BWT = mean over j < T of R[T, j] − R[j, j]; test sets of equal size, so pooling is the mean
-        bwt.append(pooled([(p(seed, method, T - 1, j), p(seed, method, j, j), p(seed, "sequential", T - 1, j),
-                             p(seed, "sequential", j, j), labels(seed, j)) for j in range(T - 1)]))
-        final.append(pooled([(p(seed, method, T - 1, j), p(seed, "sequential", T - 1, j), labels(seed, j))
-                             for j in range(T)]))
+        # BWT = mean over j < T of R[T, j] − R[j, j]; test sets of equal size, so pooling is the mean.
+        # Each task's predictions are scored first (verdicts.correctness): tasks of a sequence differ in classes.
+        bwt.append(pooled([verdicts.correctness((p(seed, method, T - 1, j), p(seed, method, j, j),
+                                                 p(seed, "sequential", T - 1, j), p(seed, "sequential", j, j),
+                                                 labels(seed, j))) for j in range(T - 1)]))
+        final.append(pooled([verdicts.correctness((p(seed, method, T - 1, j), p(seed, "sequential", T - 1, j),
+                                                   labels(seed, j))) for j in range(T)]))
     return bwt, final
 
 
 def _interval_pair(bwt: list, final: list, **kw) -> tuple:
     if not bwt:
         return None, None
-    return (verdicts.accuracy_interval(bwt, lambda a, b, c, d: (a - b) - (c - d), **kw),
-            verdicts.accuracy_gap(final, **kw))
+    return (verdicts.accuracy_interval(bwt, lambda a, b, c, d: (a - b) - (c - d), scored=True, **kw),
+            verdicts.accuracy_gap(final, scored=True, **kw))
 
 
 def intervals(result: Continual, method: str = "graft (task known)", **kw) -> tuple:
@@ -183,8 +185,8 @@ def _forgetting_groups(result: Continual, method: str) -> list:
     if T < 2:
         return []
     p = lambda seed, t, j: result.probs.get(seed=seed, method=method, stage=t, task=j)
-    return [pooled([(p(seed, j, j).probs, p(seed, T - 1, j).probs, p(seed, j, j).labels) for j in range(T - 1)])
-            for seed in sorted(result.probs.values("seed"))]
+    return [pooled([verdicts.correctness((p(seed, j, j).probs, p(seed, T - 1, j).probs, p(seed, j, j).labels))
+                    for j in range(T - 1)]) for seed in sorted(result.probs.values("seed"))]
 
 
 def forgetting(result: Continual, method: str = "sequential", **kw) -> Interval | None:
@@ -193,14 +195,14 @@ def forgetting(result: Continual, method: str = "sequential", **kw) -> Interval 
     one-task sequence."""
     def compute():
         groups = _forgetting_groups(result, method)
-        return verdicts.accuracy_gap(groups, **kw) if groups else None
+        return verdicts.accuracy_gap(groups, scored=True, **kw) if groups else None
     return verdicts.memo(result, ("c5 forgetting", method, tuple(sorted(kw.items()))), compute)
 
 
 def pooled_forgetting(results: list[Continual], method: str = "sequential", **kw) -> Interval | None:
     """:func:`forgetting` over several sequences pooled (each sequence × seed one bootstrap group)."""
     groups = [g for r in results for g in _forgetting_groups(r, method)]
-    return verdicts.accuracy_gap(groups, **kw) if groups else None
+    return verdicts.accuracy_gap(groups, scored=True, **kw) if groups else None
 
 
 def _judged(results: list[Continual], method: str, **kw) -> tuple[dict, list, tuple | None]:
