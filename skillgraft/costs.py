@@ -60,9 +60,10 @@ def chain_name(spec: dict) -> str:
 
 def entry_costs(root: str | Path) -> pd.DataFrame:
     """One row per published entry: name, kind, label, seconds (NaN where not recorded), lower (a
-    fine-tune's summed step times where its own time was not recorded), chain, tasks, mode."""
+    fine-tune's summed step times where its own time was not recorded), chain, tasks, mode, page (whether a
+    book page uses it)."""
     layer = Published(root)
-    memo, rows = {}, []
+    memo, rows, claimed = {}, [], layer.claimed()
     for name, info in sorted(layer.entries.items()):
         chain = _root(name, layer, memo)
         spec = ((layer.body(chain) or {}).get("record", {}).get("spec", {})) if chain else {}
@@ -74,8 +75,8 @@ def entry_costs(root: str | Path) -> pd.DataFrame:
                      "label": info.get("label", name), "seconds": float(info.get("seconds", math.nan)),
                      "lower": lower, "chain": chain_name(spec) if chain else "zero-shot",
                      "tasks": " + ".join(spec.get("tasks", [])) if chain else "",
-                     "mode": spec.get("mode", "") if chain else ""})
-    return pd.DataFrame(rows, columns=["name", "kind", "label", "seconds", "lower", "chain", "tasks", "mode"])
+                     "mode": spec.get("mode", "") if chain else "", "page": name in claimed})
+    return pd.DataFrame(rows, columns=["name", "kind", "label", "seconds", "lower", "chain", "tasks", "mode", "page"])
 
 
 def chain_costs(entries: pd.DataFrame) -> pd.DataFrame:
@@ -108,9 +109,7 @@ def report(root: str | Path) -> str:
         if total else "nothing timed"
     lines += ["", f"In all: {len(entries)} published steps, {int(timed.sum())} of them timed, "
                   f"{total / 60:.2f} h of wall time ({parts})."]
-    layer = Published(root)
-    paged = {e for page in layer.manifest.get("chapters", {}).values() for e in page.get("entries", [])}
-    pages = entries[entries.name.isin(paged)]
+    pages = entries[entries.page.astype(bool)]
     lines.append(f"The book's pages resolve {len(pages)} of these steps: computing them from nothing (`make reproduce`) "
                  f"takes {pages.seconds.sum() / 3600:.2f} h of wall time at these costs"
                  + (f", {int(pages.seconds.isna().sum())} steps untimed." if pages.seconds.isna().any() else "."))

@@ -173,6 +173,10 @@ class Published:
         body = self.body(self.name(recipe, threads))
         return body["record"]["data"] if body is not None else None
 
+    def claimed(self) -> set[str]:
+        """The entries some book page used when it was published (the others came from ``publish --stored``)."""
+        return {e for page in self.manifest.get("chapters", {}).values() for e in page.get("entries", [])}
+
     def check(self) -> tuple[list[str], list[str]]:
         """(refused, stale): entries whose file fails its checksum, and entries whose code is no
         longer this package's (or that were made from such an entry): no key of this code reaches them."""

@@ -162,9 +162,9 @@ def _unclaimed(layer: Published) -> list[str]:
     """The entries of ``layer`` that no page used when it was published (those of ``publish --stored``:
     a grid being computed, a benchmark's steps) and that this code still reaches: a page's publish
     keeps them, so that a sweep's published units are never dropped before a page uses them."""
-    claimed = {e for page in layer.manifest.get("chapters", {}).values() for e in page.get("entries", [])}
     refused, stale = layer.check()
-    return [e for e in layer.entries if e not in claimed and e not in set(refused) | set(stale)]
+    left_out = layer.claimed() | set(refused) | set(stale)
+    return [e for e in layer.entries if e not in left_out]
 
 
 class _Kept:

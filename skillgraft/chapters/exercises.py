@@ -121,9 +121,10 @@ def fingerprint(page: str | Path, only: Iterable[str] | None = None) -> dict:
     page glues it when executed; :func:`stale` compares it with now."""
     from .. import __version__, recipes
 
+    only = None if only is None else set(only)
     return {"skillgraft": __version__, "code": recipes.code_hash(_keyed_modules()),
             "exercises": {e.label: {"command": e.command, "parameters": recipes.jsonable(parameters(e))}
-                          for e in exercises(page) if only is None or e.label in set(only)}}
+                          for e in exercises(page) if only is None or e.label in only}}
 
 
 def stale(page: str | Path, notebook: str | Path) -> list[str]:
