@@ -127,3 +127,17 @@ def test_the_answers_fingerprint_covers_the_code_of_every_stored_step():
     modules = set(ex._keyed_modules())  # read from the recipe classes' sources, never listed by hand
     assert {"finetune", "grafting", "localization", "masks", "models", "recipes", "workbench"} <= modules
     assert not modules & {"lab", "notebook", "plots", "verdicts", "progress"}  # not what a key covers
+
+
+def test_the_answers_freshness_sentence_is_empty_when_fresh_and_counts_the_stale_exercises(tmp_path):
+    page = _teaching(tmp_path / "teaching.md", "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 5",
+                     "skillgraft run 02 -p tasks '[\"sms\"]'")
+    answers = _answers_page(tmp_path / "answers.ipynb", ex.fingerprint(page))
+    assert ex.freshness(page, answers) == ""
+    _teaching(page, "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 7", "skillgraft run 02 -p tasks '[\"sms\"]'")
+    assert "for 1 of 2 exercises" in ex.freshness(page, answers) and "`make answers`" in ex.freshness(page, answers)
+    (tmp_path / "old.ipynb").write_text('{"cells": []}')
+    assert "for all 2 exercises" in ex.freshness(page, tmp_path / "old.ipynb")
+    then = ex.fingerprint(page)
+    then["code"] = "0" * 64  # other code: every exercise's steps have other keys
+    assert "for all 2 exercises" in ex.freshness(page, _answers_page(tmp_path / "answers.ipynb", then))

@@ -161,6 +161,23 @@ def stale(page: str | Path, notebook: str | Path) -> list[str]:
     return problems
 
 
+def freshness(page: str | Path, notebook: str | Path) -> str:
+    """A sentence for a page that cites the answers ``notebook``: empty when it is fresh, else how many
+    exercises it answered with other code or parameters than now (:func:`stale`) and the command that
+    measures them again. Seconds, no model."""
+    problems = stale(page, notebook)
+    if not problems:
+        return ""
+    total = len(exercises(page))
+    if any(p.startswith(str(notebook)) for p in problems):  # the whole page: no record, or other code
+        which = f"all {total} exercises"
+    else:
+        which = f"{len({p.split(':')[0] for p in problems})} of {total} exercises"
+    return (f"**Measured by an earlier run.** The answers page was executed with other code or parameters than "
+            f"this book's for {which}: what follows is what that run measured, not necessarily what the "
+            f"commands measure now. `make answers` measures them again.")
+
+
 # ---------------------------------------------------------------------------- what a run measured
 def _acc(frame, **where) -> float:
     rows = frame
