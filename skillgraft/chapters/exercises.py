@@ -131,6 +131,11 @@ def stale(page: str | Path, notebook: str | Path) -> list[str]:
     """Why the answers page ``notebook`` is older than what the teaching ``page`` cites from it (an empty
     list: it is not): an exercise added, dropped, or run with other parameters than its command and its
     chapter's defaults give now, or steps keyed by other code. Seconds, no model."""
+    return [reason for _, reason in _stale(page, notebook)]
+
+
+def _stale(page: str | Path, notebook: str | Path) -> list[tuple[str | None, str]]:
+    """:func:`stale`'s reasons, each with the exercise it concerns (None: the whole page)."""
     import ast
 
     from ..notebook import glued_outputs
@@ -138,26 +143,26 @@ def stale(page: str | Path, notebook: str | Path) -> list[str]:
     rerun = "`make answers` executes it again"
     bundle = glued_outputs(notebook).get(FINGERPRINT, {}) if Path(notebook).is_file() else {}
     if "text/plain" not in bundle:
-        return [f"{notebook} glues no {FINGERPRINT}: it was executed before its freshness was recorded; {rerun}"]
+        return [(None, f"{notebook} glues no {FINGERPRINT}: it was executed before its freshness was recorded; {rerun}")]
     then, now = ast.literal_eval(bundle["text/plain"]), fingerprint(page)
     if isinstance(then, str):
         then = json.loads(then)
     problems = []
     if then.get("skillgraft") != now["skillgraft"] or then.get("code") != now["code"]:
-        problems.append(f"{notebook}: executed with other code than this (skillgraft {then.get('skillgraft')}, code "
+        problems.append((None, f"{notebook}: executed with other code than this (skillgraft {then.get('skillgraft')}, code "
                         f"{str(then.get('code'))[:12]}; now {now['skillgraft']}, {now['code'][:12]}): every "
-                        f"exercise's steps have other keys now; {rerun}")
+                        f"exercise's steps have other keys now; {rerun}"))
     had, has = then.get("exercises", {}), now["exercises"]
     for label in sorted(set(has) - set(had)):
-        problems.append(f"{label}: not on the answers page (a new exercise); {rerun}")
+        problems.append((label, f"{label}: not on the answers page (a new exercise); {rerun}"))
     for label in sorted(set(had) - set(has)):
-        problems.append(f"{label}: on the answers page but no longer on the teaching page; {rerun}")
+        problems.append((label, f"{label}: on the answers page but no longer on the teaching page; {rerun}"))
     for label in sorted(set(had) & set(has)):
         a, b = had[label]["parameters"], has[label]["parameters"]
         changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if changed:
-            problems.append(f"{label}: run with other parameters than its command gives now ({', '.join(changed)}); "
-                            f"{rerun}")
+            problems.append((label, f"{label}: run with other parameters than its command gives now "
+                                    f"({', '.join(changed)}); {rerun}"))
     return problems
 
 
@@ -165,14 +170,12 @@ def freshness(page: str | Path, notebook: str | Path) -> str:
     """A sentence for a page that cites the answers ``notebook``: empty when it is fresh, else how many
     exercises it answered with other code or parameters than now (:func:`stale`) and the command that
     measures them again. Seconds, no model."""
-    problems = stale(page, notebook)
-    if not problems:
+    labels = [label for label, _ in _stale(page, notebook)]
+    if not labels:
         return ""
     total = len(exercises(page))
-    if any(p.startswith(str(notebook)) for p in problems):  # the whole page: no record, or other code
-        which = f"all {total} exercises"
-    else:
-        which = f"{len({p.split(':')[0] for p in problems})} of {total} exercises"
+    # None: the whole page (no record, or other code)
+    which = f"all {total} exercises" if None in labels else f"{len(set(labels))} of {total} exercises"
     return (f"**Measured by an earlier run.** The answers page was executed with other code or parameters than "
             f"this book's for {which}: what follows is what that run measured, not necessarily what the "
             f"commands measure now. `make answers` measures them again.")
