@@ -207,11 +207,12 @@ def cmd_publish(args) -> None:
         start = time.perf_counter()
         problems = publishing.check(root)
         if problems:
-            raise SystemExit("staleness guard: the published results do not cover the book as it is now:\n"
-                             + "\n".join(f"  - {p}" for p in problems)
-                             + "\n`make publish` computes what is missing (reading the local store) and publishes it")
-        print(f"staleness guard: every page's results are published and current in {root} "
-              f"({time.perf_counter() - start:.1f} s)")
+            raise SystemExit("staleness guard: the published results or the answers page do not cover the book as it "
+                             "is now:\n" + "\n".join(f"  - {p}" for p in problems)
+                             + "\n`make publish` computes what is missing (reading the local store) and publishes it; "
+                               "`make answers` measures the exercises again")
+        print(f"staleness guard: every page's results are published and current in {root}, and the answers page "
+              f"is current ({time.perf_counter() - start:.1f} s)")
         return
     which = publishing.pages()
     if args.pages:

@@ -177,12 +177,22 @@ class _Kept:
         return f"{self.kind} {self.key[:12]}"
 
 
-def check(root: Path | None, which: dict[str, tuple[Path, dict]] | None = None) -> list[str]:
+def check(root: Path | None, which: dict[str, tuple[Path, dict]] | None = None,
+          answers: tuple[Path, Path] | None = None) -> list[str]:
     """The staleness guard: what is wrong with the published layer at ``root`` for the book's pages
-    now (an empty list: nothing). No model is loaded and nothing is computed."""
+    now (an empty list: nothing), and with the answers page, whose measured sentences the teaching
+    and results pages glue: ``answers`` is (teaching page, answers notebook), by default the book's
+    own when ``which`` is (:func:`exercises.stale`). No model is loaded and nothing is computed."""
+    from .chapters import exercises
+
+    if answers is None and which is None:
+        from .parameters import repo_root
+
+        answers = (repo_root() / "book" / "teaching.md", repo_root() / "book" / "answers.ipynb")
+    problems = exercises.stale(*answers) if answers else []
     if root is None or not (root / pub.MANIFEST).is_file():
-        return [f"no published results at {root} (SKILLGRAFT_RESULTS); `make publish` computes and publishes them"]
-    layer, problems = Published(root), []
+        return problems + [f"no published results at {root} (SKILLGRAFT_RESULTS); `make publish` computes and publishes them"]
+    layer = Published(root)
     which = which or pages()
     published_pages = layer.manifest.get("chapters", {})
     for name, (path, params) in which.items():
