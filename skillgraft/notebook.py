@@ -134,9 +134,12 @@ def show_figure(name: str, fig) -> None:
 
 def say(markdown: str) -> None:
     """Show ``markdown`` (a paragraph a chapter's module wrote from its results) as text of the
-    page; its plain-text form is the same text, so nbval compares it."""
+    page; its plain-text form is the same text, so nbval compares it. An empty paragraph shows
+    nothing (no empty output box)."""
     from IPython.display import display
 
+    if not markdown.strip():
+        return
     display({"text/markdown": markdown, "text/plain": markdown}, raw=True)
 
 

@@ -54,3 +54,15 @@ def test_styled_tables_show_headers_with_spaces_and_cells_as_they_are():
     assert ">normalized recovery</th>" in html and "normalized_recovery</th>" not in html
     assert ">a_b</th>" in html or ">a_b</td>" in html  # a row label or value keeps its underscore
     assert list(frame.columns) == ["normalized_recovery"]
+
+
+def test_say_shows_its_text_in_both_forms_and_nothing_when_empty(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj))
+    notebook.say("**C1 holds.**")
+    assert shown == [{"text/markdown": "**C1 holds.**", "text/plain": "**C1 holds.**"}]
+    notebook.say("")
+    notebook.say("  \n")
+    assert len(shown) == 1  # an empty paragraph leaves no empty output box
