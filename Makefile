@@ -46,7 +46,8 @@ book: setup
 unit: setup
 	$(BIN)/pytest tests
 
-# The staleness guard (seconds, no model): every page's parameters and every published entry match this code.
+# The staleness guard (seconds, no model): every page's parameters, every published entry and the answers page
+# (book/answers.ipynb: the teaching page's commands, the chapters' defaults) match this code.
 guard: setup
 	$(BIN)/skillgraft publish --check
 
