@@ -205,7 +205,7 @@ def cmd_publish(args) -> None:
         return
     if args.check:
         start = time.perf_counter()
-        problems = publishing.check(root)
+        problems = publishing.guard(root)
         if problems:
             raise SystemExit("staleness guard: the published results or the answers page do not cover the book as it "
                              "is now:\n" + "\n".join(f"  - {p}" for p in problems)

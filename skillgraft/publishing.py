@@ -4,9 +4,10 @@
   default parameters, as its notebook calls it) with a lab that notes each stored recipe it
   resolves, computing what is missing, then writes those entries into the published layer
   (:mod:`skillgraft.published`). Idempotent: unchanged entries keep their files.
-- :func:`check` is the staleness guard, in seconds and without a model: every page's
-  parameters are the ones published, every entry's file passes its checksum, and every entry
-  was made by this code. It names what is missing and the command that computes it.
+- :func:`guard` is the staleness guard, in seconds and without a model: :func:`check` (every
+  page's parameters are the ones published, every entry's file passes its checksum, and every
+  entry was made by this code) and the answers page's freshness. It names what is missing and
+  the command that computes it.
 - :func:`spot_check` recomputes one chain of chapter 01's grid (a fine-tune, its graft, their
   test predictions) from nothing — an empty store, the published layer off — and compares it
   with the published entries: bit for bit on the machine and thread count they were published
@@ -27,7 +28,7 @@ import numpy as np
 from . import published as pub
 from .published import Published
 
-__all__ = ["PAGES", "TOLERANCE", "pages", "resolve_pages", "publish", "snapshot", "check", "spot_check", "plan_report"]
+__all__ = ["PAGES", "TOLERANCE", "pages", "resolve_pages", "publish", "snapshot", "guard", "check", "spot_check", "plan_report"]
 
 # A recomputation on another CPU or thread count differs in the last bits of every matrix product, which 80
 # SGD steps amplify; it checks that this code computes the same thing, not the same bits: each prediction's
@@ -177,21 +178,25 @@ class _Kept:
         return f"{self.kind} {self.key[:12]}"
 
 
-def check(root: Path | None, which: dict[str, tuple[Path, dict]] | None = None,
+def guard(root: Path | None, which: dict[str, tuple[Path, dict]] | None = None,
           answers: tuple[Path, Path] | None = None) -> list[str]:
-    """The staleness guard: what is wrong with the published layer at ``root`` for the book's pages
-    now (an empty list: nothing), and with the answers page, whose measured sentences the teaching
-    and results pages glue: ``answers`` is (teaching page, answers notebook), by default the book's
-    own when ``which`` is (:func:`exercises.stale`). No model is loaded and nothing is computed."""
+    """The staleness guard (``skillgraft publish --check``): what :func:`check` finds wrong with the
+    published layer at ``root``, and what is stale on the answers page, whose measured sentences the
+    teaching and results pages glue (:func:`exercises.stale`). ``answers`` is (teaching page, answers
+    notebook), by default the book's own. No model is loaded and nothing is computed."""
     from .chapters import exercises
+    from .parameters import repo_root
 
-    if answers is None and which is None:
-        from .parameters import repo_root
+    answers = answers or (repo_root() / "book" / "teaching.md", repo_root() / "book" / "answers.ipynb")
+    return exercises.stale(*answers) + check(root, which)
 
-        answers = (repo_root() / "book" / "teaching.md", repo_root() / "book" / "answers.ipynb")
-    problems = exercises.stale(*answers) if answers else []
+
+def check(root: Path | None, which: dict[str, tuple[Path, dict]] | None = None) -> list[str]:
+    """What is wrong with the published layer at ``root`` for the pages ``which`` (by default the
+    book's, as they are now): an empty list, nothing. No model is loaded and nothing is computed."""
     if root is None or not (root / pub.MANIFEST).is_file():
-        return problems + [f"no published results at {root} (SKILLGRAFT_RESULTS); `make publish` computes and publishes them"]
+        return [f"no published results at {root} (SKILLGRAFT_RESULTS); `make publish` computes and publishes them"]
+    problems = []
     layer = Published(root)
     which = which or pages()
     published_pages = layer.manifest.get("chapters", {})

@@ -150,8 +150,8 @@ def test_the_staleness_guard_fails_on_a_stale_answers_page(tmp_path):
     page = _teaching(tmp_path / "teaching.md", "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 5")
     answers = _answers_page(tmp_path / "answers.ipynb", ex.fingerprint(page))
     nowhere = tmp_path / "nowhere"  # no published layer: only its own problem remains
-    assert len(publishing.check(nowhere, {}, answers=(page, answers))) == 1
+    assert len(publishing.guard(nowhere, {}, answers=(page, answers))) == 1
     _teaching(page, "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 7")
-    problems = publishing.check(nowhere, {}, answers=(page, answers))
+    problems = publishing.guard(nowhere, {}, answers=(page, answers))
     assert problems[0].startswith("ex-1-1: run with other parameters than its command gives now (ece_bins)")
     assert problems[-1].startswith("no published results at") and len(problems) == 2
