@@ -185,10 +185,8 @@ def guard(root: Path | None, which: dict[str, tuple[Path, dict]] | None = None,
     teaching and results pages glue (:func:`exercises.stale`). ``answers`` is (teaching page, answers
     notebook), by default the book's own. No model is loaded and nothing is computed."""
     from .chapters import exercises
-    from .parameters import repo_root
 
-    answers = answers or (repo_root() / "book" / "teaching.md", repo_root() / "book" / "answers.ipynb")
-    return exercises.stale(*answers) + check(root, which)
+    return exercises.stale(*(answers or exercises.book_pages())) + check(root, which)
 
 
 def check(root: Path | None, which: dict[str, tuple[Path, dict]] | None = None) -> list[str]:

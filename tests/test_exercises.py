@@ -155,3 +155,20 @@ def test_the_staleness_guard_fails_on_a_stale_answers_page(tmp_path):
     problems = publishing.guard(nowhere, {}, answers=(page, answers))
     assert problems[0].startswith("ex-1-1: run with other parameters than its command gives now (ece_bins)")
     assert problems[-1].startswith("no published results at") and len(problems) == 2
+
+
+def test_the_guard_and_the_results_page_compare_the_same_pair_by_default(tmp_path, monkeypatch):
+    """One place names the book's teaching page and answers notebook: the staleness guard and the
+    results page's freshness sentence both read it, so they cannot come to check different pages."""
+    from skillgraft import publishing
+
+    assert ex.book_pages() == (PAGE, ROOT / "book" / "answers.ipynb") and all(p.is_file() for p in ex.book_pages())
+    page = _teaching(tmp_path / "teaching.md", "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 5")
+    answers = _answers_page(tmp_path / "answers.ipynb", ex.fingerprint(page))
+    monkeypatch.setattr(ex, "book_pages", lambda: (page, answers))
+    nowhere = tmp_path / "nowhere"
+    assert ex.freshness() == "" and len(publishing.guard(nowhere, {})) == 1
+    _teaching(page, "skillgraft run 02 -p tasks '[\"mr\"]' -p ece_bins 7")
+    assert "for 1 of 1 exercises" in ex.freshness()
+    assert publishing.guard(nowhere, {})[0].startswith("ex-1-1: run with other parameters")
+    assert ex.stale(notebook=answers) == ex.stale(page) == ex.stale()  # a missing one is the book's own

@@ -20,7 +20,7 @@ import numpy as np
 from . import CHAPTERS
 
 __all__ = ["Exercise", "exercises", "parameters", "run", "measured", "previous_minutes", "fingerprint", "stale",
-           "FINGERPRINT"]
+           "freshness", "book_pages", "FINGERPRINT"]
 
 FINGERPRINT = "answers_fingerprint"  # the glue name of :func:`fingerprint` on the answers page
 
@@ -101,6 +101,14 @@ def previous_minutes(notebook: str | Path) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- freshness
+def book_pages() -> tuple[Path, Path]:
+    """The book's own teaching page and the answers notebook that measures its exercises: what
+    :func:`stale` and :func:`freshness` compare by default (the staleness guard, the results page)."""
+    from ..parameters import repo_root
+
+    return repo_root() / "book" / "teaching.md", repo_root() / "book" / "answers.ipynb"
+
+
 def _keyed_modules() -> tuple[str, ...]:
     """Every package module a stored step's key covers (the union over the recipe classes)."""
     from .. import recipes
@@ -127,11 +135,18 @@ def fingerprint(page: str | Path, only: Iterable[str] | None = None) -> dict:
                           for e in exercises(page) if only is None or e.label in only}}
 
 
-def stale(page: str | Path, notebook: str | Path) -> list[str]:
+def stale(page: str | Path | None = None, notebook: str | Path | None = None) -> list[str]:
     """Why the answers page ``notebook`` is older than what the teaching ``page`` cites from it (an empty
     list: it is not): an exercise added, dropped, or run with other parameters than its command and its
-    chapter's defaults give now, or steps keyed by other code. Seconds, no model."""
-    return [reason for _, reason in _stale(page, notebook)]
+    chapter's defaults give now, or steps keyed by other code. By default the book's own pair
+    (:func:`book_pages`). Seconds, no model."""
+    return [reason for _, reason in _stale(*_pair(page, notebook))]
+
+
+def _pair(page: str | Path | None, notebook: str | Path | None) -> tuple[Path, Path]:
+    """``(page, notebook)``, each missing one the book's own (:func:`book_pages`)."""
+    own = book_pages()
+    return Path(page or own[0]), Path(notebook or own[1])
 
 
 def _stale(page: str | Path, notebook: str | Path) -> list[tuple[str | None, str]]:
@@ -166,10 +181,11 @@ def _stale(page: str | Path, notebook: str | Path) -> list[tuple[str | None, str
     return problems
 
 
-def freshness(page: str | Path, notebook: str | Path) -> str:
+def freshness(page: str | Path | None = None, notebook: str | Path | None = None) -> str:
     """A sentence for a page that cites the answers ``notebook``: empty when it is fresh, else how many
     exercises it answered with other code or parameters than now (:func:`stale`) and the command that
-    measures them again. Seconds, no model."""
+    measures them again. By default the book's own pair (:func:`book_pages`). Seconds, no model."""
+    page, notebook = _pair(page, notebook)
     labels = [label for label, _ in _stale(page, notebook)]
     if not labels:
         return ""
