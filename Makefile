@@ -84,14 +84,17 @@ grid: setup
 cost: setup
 	$(BIN)/python benchmarks/grid_cost.py --out benchmarks/results/grid_cost.md
 
-# Everything from nothing: the published results off, a store of its own, every chapter computed, then nbval
-# against the same committed notebooks. Hours on a laptop: a run that is stopped resumes where it stopped (its
-# store keeps every finished step); `make reproduce FRESH=1` starts again from an empty store.
+# Everything from nothing, part by part (the grid's units, then the survey): each part's pages computed with the
+# published results off, in a store of its own, and compared with results/ (bit for bit on this machine kind); a
+# part that matches is recorded in results/REPRODUCED.json (commit it), so that a reproduction stopped on one
+# machine goes on from the next part on another. Once every part is recorded, nbval against the same committed
+# notebooks, reading the reproduction's store, then results/ (each entry of which was recomputed and found equal).
+# Hours on two cores; `skillgraft reproduce --check` says what is left; `make reproduce FRESH=1` starts again.
 reproduce: setup
-	$(if $(FRESH),rm -rf "$(SKILLGRAFT_HOME)/reproduce")
-	@export SKILLGRAFT_RESULTS=off SKILLGRAFT_STORE="$(SKILLGRAFT_HOME)/reproduce"; \
-	for nb in notebooks/[0-9][0-9]_*.ipynb book/survey.ipynb; do $(BIN)/skillgraft run $$nb --output-dir runs/reproduce || exit 1; done; \
-	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/results.ipynb book/survey.ipynb
+	$(if $(FRESH),rm -rf "$(SKILLGRAFT_HOME)/reproduce" results/REPRODUCED.json)
+	$(BIN)/skillgraft reproduce --store "$(SKILLGRAFT_HOME)/reproduce"
+	$(BIN)/skillgraft reproduce --check
+	env SKILLGRAFT_COMPUTE=never SKILLGRAFT_STORE="$(SKILLGRAFT_HOME)/reproduce" $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/results.ipynb book/survey.ipynb
 
 test: unit guard spotcheck nbval
 	$(BIN)/skillgraft book --no-execute

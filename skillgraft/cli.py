@@ -238,6 +238,35 @@ def cmd_spotcheck(args) -> None:
     print(f"spot check passed in {time.perf_counter() - start:.0f} s")
 
 
+def cmd_reproduce(args) -> None:
+    from . import reproduce
+
+    root = _results_root(args)
+    todo = reproduce.parts()
+    if args.only:
+        labels = [p.label for p in todo]
+        unknown = [u for u in args.only if u not in labels]
+        if unknown:
+            raise UsageError(f"no part {', '.join(map(repr, unknown))}; accepted: {', '.join(labels)}")
+        todo = [p for p in todo if p.label in args.only]
+    if args.check:
+        problems = reproduce.check(root)
+        print(reproduce.summary(root))
+        if problems:
+            raise SystemExit("not yet reproduced from nothing (`make reproduce` computes what is missing):\n"
+                             + "\n".join(f"  - {p}" for p in problems))
+        print("every entry the book's pages use was reproduced from nothing and found equal")
+        return
+    from .assets import home
+
+    store = Path(args.store) if args.store else home() / "reproduce"
+    differences = reproduce.reproduce(root, store, todo)
+    if differences:
+        raise SystemExit("reproduce FAILED: recomputed from nothing, the part differs from the published results:\n"
+                         + "\n".join(f"  - {d}" for d in differences))
+    print(reproduce.summary(root))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skillgraft", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -284,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--chain", type=int, help="which (task, seed) of chapter 01's grid, from 1 (default: the day's)")
     sc.add_argument("--root", help="the published layer (default: results/ of this checkout, or $SKILLGRAFT_RESULTS)")
     sc.set_defaults(func=cmd_spotcheck)
+    rp = sub.add_parser("reproduce", help="recompute the book's results from nothing, part by part, compare them with "
+                                          "results/ and record each part that matches (results/REPRODUCED.json)")
+    rp.add_argument("only", nargs="*", help="only these parts (04, a task such as mr, or survey); default: all")
+    rp.add_argument("--check", action="store_true",
+                    help="is every entry the pages use reproduced, by a current record? (seconds, no compute)")
+    rp.add_argument("--store", help="the reproduction's own store (default: $SKILLGRAFT_HOME/reproduce)")
+    rp.add_argument("--root", help="the published layer (default: results/ of this checkout, or $SKILLGRAFT_RESULTS)")
+    rp.set_defaults(func=cmd_reproduce)
     cache = sub.add_parser("cache", help="show the artifact cache size, or clear it")
     cache.add_argument("--clear", action="store_true", help="remove every entry")
     cache.add_argument("--prune", action="store_true", help="remove stale entries (made by other code) and killed writes")
