@@ -163,19 +163,26 @@ def test_the_spot_check_passes_then_fails_on_a_tampered_value(tmp_path, params):
     graft = lab._same_mask(gspec)  # the chain's graft predictions (a graft kept at its base patch is that mask)
     name = next(n for n in layer.entries if n.startswith("probs/") and layer.body(n)["record"]["spec"]["mask"]
                 and layer.body(n)["record"]["spec"]["mask"]["key"] == graft.key)
-    body = layer.body(name)
-    probs = pub._decode(body["tensors"])["probs"]
-    probs[3, 0] += 0.25
-    body["tensors"]["probs"] = pub._encode({"probs": probs})["probs"]
-    data = gzip.compress(json.dumps(body).encode())
-    (root / layer.entries[name]["file"]).write_bytes(data)
-    manifest = json.loads((root / pub.MANIFEST).read_text())
-    manifest["entries"][name]["sha256"] = hashlib.sha256(data).hexdigest()  # a consistent, but tampered, entry
-    (root / pub.MANIFEST).write_text(json.dumps(manifest))
+    tamper(root, name, (3, 0), 0.25)
     with torch_threads(2):
         differences = publishing.spot_check(root, chain=1, params=params)
     assert len(differences) == 1 and "probabilities" in str(differences[0])
     assert "1 of 24 values differ" in str(differences[0]) and "at (3, 0)" in str(differences[0])
+
+
+def tamper(root, name, at, by):
+    """Add ``by`` to the published probability ``at`` of entry ``name``, and publish its sha256:
+    a consistent entry, whose checksum passes, but not what the code computes."""
+    layer = pub.Published(root)
+    body = layer.body(name)
+    probs = pub._decode(body["tensors"])["probs"]
+    probs[at] += by
+    body["tensors"]["probs"] = pub._encode({"probs": probs})["probs"]
+    data = gzip.compress(json.dumps(body).encode())
+    (root / layer.entries[name]["file"]).write_bytes(data)
+    manifest = json.loads((root / pub.MANIFEST).read_text())
+    manifest["entries"][name]["sha256"] = hashlib.sha256(data).hexdigest()
+    (root / pub.MANIFEST).write_text(json.dumps(manifest))
 
 
 def test_the_dry_run_says_where_each_step_comes_from(tmp_path, params, monkeypatch):

@@ -1,8 +1,6 @@
 """`make reproduce`: parts recomputed from nothing, compared with the published layer, recorded in its ledger."""
 from __future__ import annotations
 
-import gzip
-import hashlib
 import io
 import json
 
@@ -10,7 +8,7 @@ import pytest
 
 from skillgraft import cli, published as pub, publishing, recipes, reproduce
 from skillgraft.sweep import torch_threads
-from test_published import _no_compute, _publish, params, two_threads  # noqa: F401  (fixtures)
+from test_published import _no_compute, _publish, params, tamper, two_threads  # noqa: F401  (fixtures)
 from test_tasks import corpora  # noqa: F401  (fixture: small corpora under a fresh SKILLGRAFT_HOME)
 
 
@@ -46,17 +44,7 @@ def test_a_part_recomputed_from_nothing_is_recorded_then_skipped(tmp_path, param
 def test_a_published_value_that_the_recomputation_does_not_give_is_reported_and_not_recorded(tmp_path, params):
     root, _ = _publish(tmp_path, params)
     part = _part(params)
-    layer = pub.Published(root)
-    name = next(n for n in sorted(layer.entries) if n.startswith("probs/"))
-    body = layer.body(name)
-    probs = pub._decode(body["tensors"])["probs"]
-    probs[0, 1] += 0.125
-    body["tensors"]["probs"] = pub._encode({"probs": probs})["probs"]
-    data = gzip.compress(json.dumps(body).encode())
-    (root / layer.entries[name]["file"]).write_bytes(data)
-    manifest = json.loads((root / pub.MANIFEST).read_text())
-    manifest["entries"][name]["sha256"] = hashlib.sha256(data).hexdigest()  # consistent, but not what the code computes
-    (root / pub.MANIFEST).write_text(json.dumps(manifest))
+    tamper(root, next(n for n in sorted(pub.Published(root).entries) if n.startswith("probs/")), (0, 1), 0.125)
     with torch_threads(2):
         differences = reproduce.reproduce(root, tmp_path / "reproduce", [part], io.StringIO())
     assert len(differences) == 1 and "probabilities" in str(differences[0]) and "at (0, 1)" in str(differences[0])
