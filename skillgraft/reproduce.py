@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -106,19 +107,31 @@ def check(results: Path, todo: list[Part] | None = None) -> list[str]:
 
 
 def summary(results: Path) -> str:
-    """The ledger in one paragraph: parts, entries, what their steps cost, on how many days and machines."""
+    """The ledger in one paragraph: parts, entries, how they compared, what their steps cost, on
+    which days and CPUs."""
     book = ledger(results)["parts"]
     if not book:
         return "nothing reproduced yet"
     entries = sum(len(r["entries"]) for r in book.values())
     exact = sum(r["bit_for_bit"] for r in book.values())
     hours = sum(r["compute_seconds"] for r in book.values()) / 3600
-    wall = sum(r["wall_seconds"] for r in book.values()) / 3600
     days = sorted({r["date"][:10] for r in book.values()})
-    machines = {json.dumps(r["machine"], sort_keys=True) for r in book.values()}
-    return (f"{len(book)} parts reproduced from nothing, {entries} entries ({exact} bit for bit): "
-            f"{hours:.2f} h of computed steps, {wall:.2f} h of wall time, on {len(days)} day(s) "
-            f"({days[0]} to {days[-1]}) and {len(machines)} machine kind(s)")
+    cpus = sorted({r["machine"].get("cpu") or r["machine"].get("arch", "?") for r in book.values()})
+    largest = {}
+    for r in book.values():
+        for k, v in r.get("largest", {}).items():
+            largest[k] = max(largest.get(k, 0.0), v)
+    gaps = ""
+    if exact < entries and largest:
+        gaps = (" The others within the tolerance, at most: " + ", ".join(
+            f"{_GAPS[k]} {v:.3g}" for k, v in sorted(largest.items()) if k in _GAPS) + ".")
+    return (f"{len(book)} part(s) reproduced from nothing ({', '.join(sorted(book))}): {entries} entries equal to the "
+            f"published ones, {exact} of them bit for bit; {hours:.2f} h of computed steps, on {', '.join(days)}, "
+            f"on {'; '.join(cpus)}.{gaps}")
+
+
+_GAPS = {"mean_abs_prob": "mean |Δp| of a prediction", "accuracy": "accuracy change",
+         "mask_size": "relative change of a graft's size"}
 
 
 @contextlib.contextmanager
@@ -135,15 +148,71 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _compare(resolved: dict, layer: pub.Published, store, threads: int) -> tuple[dict, list, int]:
-    """(name -> published sha256, differences, entries compared bit for bit) of a part's entries."""
+def _like(a, b, keys: dict[str, str]) -> bool:
+    """Whether spec ``a`` (recomputed) asks for what spec ``b`` (published) does: its inputs are
+    ``b``'s (through ``keys``, recomputed key -> published key) and its numbers equal within the
+    graft-size tolerance (a baseline sized like a graft whose size moved by an entry or two)."""
+    from .publishing import TOLERANCE
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return False
+        if "key" in a and "recipe" in a and keys.get(a["key"], a["key"]) != b["key"]:
+            return False
+        return all(k == "key" or _like(a[k], b[k], keys) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_like(x, y, keys) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=TOLERANCE["mask_size"])
+    return a == b
+
+
+def _twins(missing: dict[str, tuple], layer: pub.Published, keys: dict[str, str]) -> None:
+    """Find, for each recomputed entry that is not published under its own key (``missing``: name ->
+    (recipe, record)), the published entry of the same recipe made from the same inputs with the
+    same numbers within the tolerance: on another CPU a step sized from a computed count (a
+    baseline the size of a graft) has another key. Inputs first: ``keys`` grows as twins are found."""
+    by_recipe: dict[tuple[str, str], list[str]] = {}
+    for name, info in layer.entries.items():
+        by_recipe.setdefault((name.split("/", 1)[0], info.get("recipe")), []).append(name)
+    found = True
+    while found:
+        found = False
+        for name, (recipe, record) in list(missing.items()):
+            for other in by_recipe.get((recipe.kind, record["recipe"]), []):
+                body = layer.body(other)
+                if body is not None and _like(record["spec"], body["record"]["spec"], keys):
+                    keys[recipe.key] = other.split("/", 1)[1]
+                    del missing[name]
+                    found = True
+                    break
+
+
+def _compare(resolved: dict, layer: pub.Published, store, threads: int) -> tuple[dict, list, int, dict]:
+    """(published name -> sha256, differences, entries compared bit for bit, the largest gaps of
+    :func:`_gaps`) of a part's entries.
+    An entry is compared with the published one of its key: bit for bit where that was published
+    from this CPU model, torch and thread count; elsewhere within the tolerance, and an entry whose
+    key another CPU's numbers moved is compared with its twin (:func:`_twins`)."""
     from .publishing import Difference, _compare as compare
 
     here = pub.machine()
-    shas, differences, exact_count = {}, [], 0
+    shas, differences, exact_count, largest = {}, [], 0, {}
+    keys: dict[str, str] = {}
+    missing = {}
     for key in sorted(resolved):
         recipe = resolved[key]
         name = layer.name(recipe, threads)
+        if name not in layer.entries:
+            path = store.path(recipe) / "meta.json"
+            if path.is_file():
+                missing[key] = (recipe, json.loads(path.read_text()))
+        else:
+            keys[recipe.key] = name.split("/", 1)[1]
+    _twins(missing, layer, keys)
+    for key in sorted(resolved):
+        recipe = resolved[key]
+        name = f"{recipe.kind}/{keys[recipe.key]}" if recipe.key in keys else layer.name(recipe, threads)
         body = layer.body(name)
         if body is None:
             differences.append(Difference(f"{recipe.label()} ({name})", "is not published, or its file is refused"))
@@ -154,10 +223,37 @@ def _compare(resolved: dict, layer: pub.Published, store, threads: int) -> tuple
             continue
         made = body.get("provenance", {})
         exact = (made.get("cpu"), made.get("torch"), made.get("threads")) == (here["cpu"], here["torch"], threads)
+        if exact and name != layer.name(recipe, threads):
+            differences.append(Difference(f"{recipe.label()} ({layer.name(recipe, threads)})",
+                                          "is not published under its key on the machine kind it was published from"))
+            continue
         differences += compare(recipe, entry, body, exact)
         shas[name] = layer.entries[name]["sha256"]
         exact_count += exact
-    return shas, differences, exact_count
+        for what, value in _gaps(recipe, entry, body).items():
+            largest[what] = max(largest.get(what, 0.0), value)
+    return shas, differences, exact_count, largest
+
+
+def _gaps(recipe, entry, body: dict) -> dict[str, float]:
+    """How far a recomputed entry is from the published one, in the tolerance's terms: a
+    prediction's mean |Δp| and accuracy, a graft's relative size (zero where bit for bit)."""
+    import numpy as np
+
+    from .published import _decode
+
+    if recipe.kind == "probs":
+        got, want = entry.tensors["probs"].numpy(), _decode(body["tensors"])["probs"].numpy()
+        labels = _decode(body["tensors"])["labels"].numpy()
+        if got.shape != want.shape:
+            return {}
+        return {"mean_abs_prob": float(np.abs(got.astype(np.float64) - want).mean()),
+                "accuracy": abs(float((got.argmax(1) == labels).mean()) - float((want.argmax(1) == labels).mean()))}
+    if recipe.kind == "mask":
+        a, b = entry.meta.get("count"), body["record"]["data"].get("count")
+        if isinstance(a, int) and isinstance(b, int):
+            return {"mask_size": abs(a - b) / max(b, 1)}
+    return {}
 
 
 def reproduce(results: Path, store_root: Path, todo: list[Part] | None = None, stream: TextIO | None = None) -> list:
@@ -187,14 +283,15 @@ def reproduce(results: Path, store_root: Path, todo: list[Part] | None = None, s
             resolved, _, threads = publishing.resolve_pages(part.pages, stream)
         wall = time.perf_counter() - start
         store = Store(store_root)
-        shas, differences, exact = _compare(resolved, layer, store, threads)
+        shas, differences, exact, largest = _compare(resolved, layer, store, threads)
         if differences:
             stream.write(f"reproduce: {part.label}: {len(differences)} difference(s) from the published results\n")
             return differences
         costs = pub._step_seconds(store)
+        book = ledger(results)  # as it is now: another run may have recorded a part meanwhile
         book["parts"][part.label] = {
             "parameters": part.parameters(), "entries": shas, "bit_for_bit": exact,
-            "within_tolerance": len(shas) - exact,
+            "within_tolerance": len(shas) - exact, "largest": {k: round(v, 6) for k, v in sorted(largest.items())},
             "compute_seconds": round(sum(costs.get(name.split("/", 1)[1], 0.0) for name in resolved), 1),
             "wall_seconds": round(wall, 1), "threads": threads, "machine": pub.machine(), "skillgraft": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()}

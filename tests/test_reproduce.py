@@ -1,6 +1,8 @@
 """`make reproduce`: parts recomputed from nothing, compared with the published layer, recorded in its ledger."""
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 
@@ -27,10 +29,13 @@ def test_a_part_recomputed_from_nothing_is_recorded_then_skipped(tmp_path, param
     layer = pub.Published(root)
     assert record["entries"] and set(record["entries"]) == layer.claimed()  # every entry the page uses, compared
     assert record["bit_for_bit"] == len(record["entries"]) and record["within_tolerance"] == 0
-    assert record["compute_seconds"] > 0 and record["threads"] == 2
+    steps = pub.cost_lines(store)  # the part's steps, each computed once into its own store
+    assert steps and {s["key"] for s in steps} <= {n.split("/", 1)[1] for n in record["entries"]}
+    assert record["compute_seconds"] == round(sum(s["seconds"] for s in steps), 1) and record["threads"] == 2
     assert all(layer.entries[n]["sha256"] == sha for n, sha in record["entries"].items())
+    assert record["largest"] == {"accuracy": 0.0, "mask_size": 0.0, "mean_abs_prob": 0.0}  # bit for bit
     assert reproduce.check(root, [part]) == []
-    assert "1 parts reproduced from nothing" in reproduce.summary(root)
+    assert "1 part(s) reproduced from nothing (mr)" in reproduce.summary(root)
     _no_compute(monkeypatch)  # a current record: the part is not computed again
     out = io.StringIO()
     with torch_threads(2):
@@ -87,3 +92,56 @@ def test_the_command_refuses_an_unknown_part_and_the_check_fails_while_parts_are
     with pytest.raises(SystemExit) as exc:
         cli.main(["reproduce", "--check", "--root", str(root)])
     assert "not yet reproduced from nothing" in str(exc.value) and "04: not reproduced" in str(exc.value)
+
+
+def _move(root, name, new_key, change):
+    """Publish entry ``name`` under ``new_key`` with ``change`` made to its record: as another CPU would,
+    whose numbers moved a step's key (a baseline the size of a graft one entry larger)."""
+    manifest = json.loads((root / pub.MANIFEST).read_text())
+    info = manifest["entries"].pop(name)
+    body = json.loads(gzip.decompress((root / info["file"]).read_bytes()))
+    change(body["record"])
+    data = gzip.compress(json.dumps(body).encode())
+    new = f"{name.split('/')[0]}/{new_key}"
+    (root / f"{new}-moved.json.gz").write_bytes(data)
+    manifest["entries"][new] = {**info, "file": f"{new}-moved.json.gz", "sha256": hashlib.sha256(data).hexdigest()}
+    for page in manifest["chapters"].values():
+        page["entries"] = [new if e == name else e for e in page["entries"]]
+    (root / pub.MANIFEST).write_text(json.dumps(manifest))
+    return new
+
+
+def test_on_another_cpu_a_step_whose_key_moved_is_compared_with_its_twin(tmp_path, params, monkeypatch):
+    root, _ = _publish(tmp_path, params)
+    layer = pub.Published(root)
+    old = next(n for n, e in sorted(layer.entries.items()) if e["recipe"] == "TopMovement")
+    mask = _move(root, old, "f" * 64, lambda r: r["spec"].update(sparsity=r["spec"]["sparsity"] * 1.001))
+
+    def repoint(record):
+        record["spec"]["mask"]["key"] = "f" * 64
+        record["inputs"] = [mask if i == old else i for i in record["inputs"]]
+
+    made_from = [n for n in sorted(layer.entries) if n.startswith("probs/")
+                 and (layer.body(n)["record"]["spec"].get("mask") or {}).get("key") == old.split("/")[1]]
+    assert made_from  # the baseline's predictions: their keys move with it
+    moved = [mask] + [_move(root, n, f"{i:x}" * 64, repoint) for i, n in enumerate(made_from, start=10)]
+    part = _part(params)
+    with torch_threads(2):  # on the CPU the layer was published from, keys must match
+        differences = reproduce.reproduce(root, tmp_path / "reproduce", [part], io.StringIO())
+    assert len(differences) == len(moved)  # the baseline and its predictions
+    assert all("not published under its key on the machine kind it was published from" in str(d) for d in differences)
+    assert reproduce.ledger(root)["parts"] == {}
+    real = pub.machine
+    monkeypatch.setattr(pub, "machine", lambda: {**real(), "cpu": "another CPU"})
+    with torch_threads(2):
+        assert reproduce.reproduce(root, tmp_path / "reproduce", [part], io.StringIO()) == []
+    record = reproduce.ledger(root)["parts"]["mr"]
+    assert set(moved) <= set(record["entries"]) and old not in record["entries"]
+    assert record["bit_for_bit"] == 0 and record["within_tolerance"] == len(record["entries"])
+    assert "0 of them bit for bit" in reproduce.summary(root) and "another CPU" in reproduce.summary(root)
+    assert reproduce.check(root, [part]) == []
+    with torch_threads(2):  # twice the size is not the same baseline
+        _move(root, mask, "a" * 64, lambda r: r["spec"].update(sparsity=r["spec"]["sparsity"] * 2))
+        (root / reproduce.LEDGER).unlink()
+        differences = reproduce.reproduce(root, tmp_path / "reproduce", [part], io.StringIO())
+    assert differences and all("is not published" in str(d) for d in differences)
