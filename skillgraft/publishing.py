@@ -28,7 +28,7 @@ import numpy as np
 from . import published as pub
 from .published import Published
 
-__all__ = ["PAGES", "TOLERANCE", "pages", "resolve_pages", "publish", "snapshot", "guard", "check", "spot_check", "plan_report"]
+__all__ = ["PAGES", "TOLERANCE", "pages", "resolve_pages", "publish", "snapshot", "guard", "check", "spot_check", "gaps", "plan_report"]
 
 # A recomputation on another CPU or thread count differs in the last bits of every matrix product, which 80
 # SGD steps amplify; it checks that this code computes the same thing, not the same bits: each prediction's
@@ -239,19 +239,16 @@ def daily(params: dict) -> list[tuple[str, int]]:
     return [(task, seed) for task, seed in chains(params) if classes[task] == fewest]
 
 
-def _compare_arrays(what: str, got: np.ndarray, want: np.ndarray, exact: bool) -> list[Difference]:
+def _compare_arrays(what: str, got: np.ndarray, want: np.ndarray) -> list[Difference]:
+    """Bit for bit: the shape, then where the values differ (within the tolerance, :func:`gaps`)."""
     if got.shape != want.shape:
         return [Difference(what, f"shape {got.shape} recomputed, {want.shape} published")]
+    if np.array_equal(got, want):
+        return []
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    if exact:
-        if np.array_equal(got, want):
-            return []
-        i = np.unravel_index(int(diff.argmax()), diff.shape)
-        return [Difference(what, f"{int((diff > 0).sum())} of {diff.size} values differ; largest |Δ| {diff.max():.3g} "
-                                 f"at {tuple(int(x) for x in i)}: published {want[i]!r}, recomputed {got[i]!r}")]
-    if diff.mean() > TOLERANCE["mean_abs_prob"]:
-        return [Difference(what, f"mean |Δ| {diff.mean():.3g} > {TOLERANCE['mean_abs_prob']}")]
-    return []
+    i = np.unravel_index(int(diff.argmax()), diff.shape)
+    return [Difference(what, f"{int((diff > 0).sum())} of {diff.size} values differ; largest |Δ| {diff.max():.3g} "
+                             f"at {tuple(int(x) for x in i)}: published {want[i]!r}, recomputed {got[i]!r}")]
 
 
 def _compare(recipe, entry, body: dict, exact: bool) -> list[Difference]:
@@ -270,7 +267,7 @@ def _compare(recipe, entry, body: dict, exact: bool) -> list[Difference]:
         want = [r.get("train_loss") for r in meta_want.get("history", [])]
         got = [r.get("train_loss") for r in meta_got.get("history", [])]
         if exact:
-            out += _compare_arrays(f"{label}: train loss per step", np.array(got, float), np.array(want, float), True)
+            out += _compare_arrays(f"{label}: train loss per step", np.array(got, float), np.array(want, float))
         return out
     tensors = _decode(body["tensors"])
     if recipe.kind == "mask":
@@ -280,21 +277,41 @@ def _compare(recipe, entry, body: dict, exact: bool) -> list[Difference]:
                         entry.tensors[name].numpy(), tensors[name].numpy()):
                     out.append(Difference(f"{label}: positions of {name}", "differ"))
                     break
-        else:
-            a, b = meta_got.get("count", 0), meta_want.get("count", 0)
-            if abs(a - b) > TOLERANCE["mask_size"] * max(b, 1):
-                out.append(Difference(f"{label}: size", f"published {b}, recomputed {a}"))
+        elif gaps(recipe, entry, body, tensors)["mask_size"] > TOLERANCE["mask_size"]:
+            out.append(Difference(f"{label}: size", f"published {meta_want.get('count', 0)}, "
+                                                    f"recomputed {meta_got.get('count', 0)}"))
         return out
     if recipe.kind == "probs":
         got, want = entry.tensors["probs"].numpy(), tensors["probs"].numpy()
-        out += _compare_arrays(f"{label}: probabilities", got, want, exact)
-        labels = tensors["labels"].numpy()
-        if not exact and got.shape == want.shape:
-            acc = abs(float((got.argmax(1) == labels).mean()) - float((want.argmax(1) == labels).mean()))
-            if acc > TOLERANCE["accuracy"]:
-                out.append(Difference(f"{label}: accuracy", f"differs by {acc:.3f} > {TOLERANCE['accuracy']}"))
+        if exact or got.shape != want.shape:
+            return out + _compare_arrays(f"{label}: probabilities", got, want)
+        gap = gaps(recipe, entry, body, tensors)
+        if gap["mean_abs_prob"] > TOLERANCE["mean_abs_prob"]:
+            out.append(Difference(f"{label}: probabilities",
+                                  f"mean |Δ| {gap['mean_abs_prob']:.3g} > {TOLERANCE['mean_abs_prob']}"))
+        if gap["accuracy"] > TOLERANCE["accuracy"]:
+            out.append(Difference(f"{label}: accuracy", f"differs by {gap['accuracy']:.3f} > {TOLERANCE['accuracy']}"))
         return out
     return out
+
+
+def gaps(recipe, entry, body: dict, tensors: dict | None = None) -> dict[str, float]:
+    """How far a recomputed entry is from its published body, in :data:`TOLERANCE`'s terms: a
+    prediction's mean |Δp| and accuracy change, a graft's relative size change (``tensors``: the
+    body's, decoded)."""
+    from .published import _decode
+
+    if recipe.kind == "probs":
+        tensors = tensors if tensors is not None else _decode(body["tensors"])
+        got, want, labels = entry.tensors["probs"].numpy(), tensors["probs"].numpy(), tensors["labels"].numpy()
+        if got.shape != want.shape:
+            return {}
+        return {"mean_abs_prob": float(np.abs(got.astype(np.float64) - want.astype(np.float64)).mean()),
+                "accuracy": abs(float((got.argmax(1) == labels).mean()) - float((want.argmax(1) == labels).mean()))}
+    if recipe.kind == "mask":
+        a, b = entry.meta.get("count", 0), body["record"]["data"].get("count", 0)
+        return {"mask_size": abs(a - b) / max(b, 1)}
+    return {}
 
 
 def spot_check(root: Path, chain: int | None = None, params: dict | None = None,

@@ -190,11 +190,11 @@ def _twins(missing: dict[str, tuple], layer: pub.Published, keys: dict[str, str]
 
 def _compare(resolved: dict, layer: pub.Published, store, threads: int) -> tuple[dict, list, int, dict]:
     """(published name -> sha256, differences, entries compared bit for bit, the largest gaps of
-    :func:`_gaps`) of a part's entries.
+    :func:`skillgraft.publishing.gaps`) of a part's entries.
     An entry is compared with the published one of its key: bit for bit where that was published
     from this CPU model, torch and thread count; elsewhere within the tolerance, and an entry whose
     key another CPU's numbers moved is compared with its twin (:func:`_twins`)."""
-    from .publishing import Difference, _compare as compare
+    from .publishing import Difference, _compare as compare, gaps
 
     here = pub.machine()
     shas, differences, exact_count, largest = {}, [], 0, {}
@@ -230,30 +230,9 @@ def _compare(resolved: dict, layer: pub.Published, store, threads: int) -> tuple
         differences += compare(recipe, entry, body, exact)
         shas[name] = layer.entries[name]["sha256"]
         exact_count += exact
-        for what, value in _gaps(recipe, entry, body).items():
+        for what, value in gaps(recipe, entry, body).items():
             largest[what] = max(largest.get(what, 0.0), value)
     return shas, differences, exact_count, largest
-
-
-def _gaps(recipe, entry, body: dict) -> dict[str, float]:
-    """How far a recomputed entry is from the published one, in the tolerance's terms: a
-    prediction's mean |Δp| and accuracy, a graft's relative size (zero where bit for bit)."""
-    import numpy as np
-
-    from .published import _decode
-
-    if recipe.kind == "probs":
-        got, want = entry.tensors["probs"].numpy(), _decode(body["tensors"])["probs"].numpy()
-        labels = _decode(body["tensors"])["labels"].numpy()
-        if got.shape != want.shape:
-            return {}
-        return {"mean_abs_prob": float(np.abs(got.astype(np.float64) - want).mean()),
-                "accuracy": abs(float((got.argmax(1) == labels).mean()) - float((want.argmax(1) == labels).mean()))}
-    if recipe.kind == "mask":
-        a, b = entry.meta.get("count"), body["record"]["data"].get("count")
-        if isinstance(a, int) and isinstance(b, int):
-            return {"mask_size": abs(a - b) / max(b, 1)}
-    return {}
 
 
 def reproduce(results: Path, store_root: Path, todo: list[Part] | None = None, stream: TextIO | None = None) -> list:
