@@ -106,6 +106,21 @@ def check(results: Path, todo: list[Part] | None = None) -> list[str]:
     return problems
 
 
+def compute_seconds(book: dict) -> float:
+    """What the recorded parts' computed steps cost, each step once: parts share steps (part 04's
+    single-task fine-tunes are the ones part cr grafts), so the sum of their ``compute_seconds``
+    counts a shared step in each part that resolves it. A record without its steps' seconds counts
+    its ``compute_seconds`` whole."""
+    steps: dict[str, float] = {}
+    whole = 0.0
+    for record in book.values():
+        if "step_seconds" in record:
+            steps.update(record["step_seconds"])
+        else:
+            whole += record["compute_seconds"]
+    return whole + sum(steps.values())
+
+
 def summary(results: Path) -> str:
     """The ledger in one paragraph: parts, entries, how they compared, what their steps cost, on
     which days and CPUs."""
@@ -114,7 +129,7 @@ def summary(results: Path) -> str:
         return "nothing reproduced yet"
     entries = sum(len(r["entries"]) for r in book.values())
     exact = sum(r["bit_for_bit"] for r in book.values())
-    hours = sum(r["compute_seconds"] for r in book.values()) / 3600
+    hours = compute_seconds(book) / 3600
     days = sorted({r["date"][:10] for r in book.values()})
     cpus = sorted({r["machine"].get("cpu") or r["machine"].get("arch", "?") for r in book.values()})
     largest = {}
@@ -267,11 +282,12 @@ def reproduce(results: Path, store_root: Path, todo: list[Part] | None = None, s
             stream.write(f"reproduce: {part.label}: {len(differences)} difference(s) from the published results\n")
             return differences
         costs = pub._step_seconds(store)
+        steps = {name: costs[name.split("/", 1)[1]] for name in sorted(resolved) if name.split("/", 1)[1] in costs}
         book = ledger(results)  # as it is now: another run may have recorded a part meanwhile
         book["parts"][part.label] = {
             "parameters": part.parameters(), "entries": shas, "bit_for_bit": exact,
             "within_tolerance": len(shas) - exact, "largest": {k: round(v, 6) for k, v in sorted(largest.items())},
-            "compute_seconds": round(sum(costs.get(name.split("/", 1)[1], 0.0) for name in resolved), 1),
+            "compute_seconds": round(sum(steps.values()), 1), "step_seconds": steps,
             "wall_seconds": round(wall, 1), "threads": threads, "machine": pub.machine(), "skillgraft": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()}
         with atomic(results / LEDGER) as tmp:

@@ -32,6 +32,7 @@ def test_a_part_recomputed_from_nothing_is_recorded_then_skipped(tmp_path, param
     steps = pub.cost_lines(store)  # the part's steps, each computed once into its own store
     assert steps and {s["key"] for s in steps} <= {n.split("/", 1)[1] for n in record["entries"]}
     assert record["compute_seconds"] == round(sum(s["seconds"] for s in steps), 1) and record["threads"] == 2
+    assert {n.split("/", 1)[1] for n in record["step_seconds"]} == {s["key"] for s in steps}  # each step, by name
     assert all(layer.entries[n]["sha256"] == sha for n, sha in record["entries"].items())
     assert record["largest"] == {"accuracy": 0.0, "mask_size": 0.0, "mean_abs_prob": 0.0}  # bit for bit
     assert reproduce.check(root, [part]) == []
@@ -44,6 +45,14 @@ def test_a_part_recomputed_from_nothing_is_recorded_then_skipped(tmp_path, param
     # another parameter is another experiment: the record no longer proves it
     assert reproduce.check(root, [_part(params, seeds=[13])]) == [
         "mr: its pages' parameters changed since it was reproduced"]
+
+
+def test_the_summary_counts_a_step_two_parts_share_once():
+    book = {"04": {"step_seconds": {"delta/a": 100.0, "probs/b": 1.0}, "compute_seconds": 101.0},
+            "cr": {"step_seconds": {"delta/a": 100.0, "probs/c": 2.0}, "compute_seconds": 102.0},
+            "old": {"compute_seconds": 5.0}}  # a record without its steps counts whole
+    assert reproduce.compute_seconds(book) == 108.0
+    assert sum(r["compute_seconds"] for r in book.values()) == 208.0  # the shared fine-tune, twice
 
 
 def test_a_published_value_that_the_recomputation_does_not_give_is_reported_and_not_recorded(tmp_path, params):
