@@ -282,7 +282,7 @@ def reproduce(results: Path, store_root: Path, todo: list[Part] | None = None, s
             stream.write(f"reproduce: {part.label}: {len(differences)} difference(s) from the published results\n")
             return differences
         costs = pub._step_seconds(store)
-        steps = {name: costs[name.split("/", 1)[1]] for name in sorted(resolved) if name.split("/", 1)[1] in costs}
+        steps = {name: costs[key] for name in sorted(resolved) if (key := name.split("/", 1)[1]) in costs}
         book = ledger(results)  # as it is now: another run may have recorded a part meanwhile
         book["parts"][part.label] = {
             "parameters": part.parameters(), "entries": shas, "bit_for_bit": exact,
