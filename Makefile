@@ -66,7 +66,7 @@ compute: setup
 # may only read (SKILLGRAFT_COMPUTE=never): a step that is not published fails at once, naming `make publish`.
 # On a busy machine the kernels' torch threads wait passively (skillgraft/machine.py), as under `skillgraft run`.
 nbval: guard
-	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/results.ipynb book/survey.ipynb
+	env SKILLGRAFT_COMPUTE=never $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/variance.ipynb book/results.ipynb book/protocol.ipynb book/survey.ipynb
 
 # Everything the book's pages resolve, computed where missing and published into results/ (then commit it).
 publish: setup
@@ -94,7 +94,7 @@ reproduce: setup
 	$(if $(FRESH),rm -rf "$(SKILLGRAFT_HOME)/reproduce" results/REPRODUCED.json)
 	$(BIN)/skillgraft reproduce --store "$(SKILLGRAFT_HOME)/reproduce"
 	$(BIN)/skillgraft reproduce --check
-	env SKILLGRAFT_COMPUTE=never SKILLGRAFT_STORE="$(SKILLGRAFT_HOME)/reproduce" $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/results.ipynb book/survey.ipynb
+	env SKILLGRAFT_COMPUTE=never SKILLGRAFT_STORE="$(SKILLGRAFT_HOME)/reproduce" $$($(BIN)/python -m skillgraft.machine) $(BIN)/pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks book/variance.ipynb book/results.ipynb book/protocol.ipynb book/survey.ipynb
 
 test: unit guard spotcheck nbval
 	$(BIN)/skillgraft book --no-execute

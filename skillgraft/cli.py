@@ -140,7 +140,8 @@ def _sweepable() -> tuple[str, ...]:
 def cmd_book(args) -> None:
     root = repo_root()
     if not args.no_execute:
-        for nb in list_notebooks(root) + [root / "book" / "results.ipynb"]:  # the results page reads the chapters
+        # the results page reads the chapters; the protocol page renders the analysis plan
+        for nb in list_notebooks(root) + [root / "book" / f"{page}.ipynb" for page in ("variance", "results", "protocol")]:
             log.info("executing %s", nb.name)
             execute(nb, nb, {}, cwd=nb.parent)
     jb = Path(sys.executable).with_name("jupyter-book")

@@ -175,6 +175,38 @@ def glue_verdicts(claim: str, verdict: str, frame=None, by: str = "task") -> Non
     glue(f"{claim.lower()}_matrix", json.dumps(rows), display=False)
 
 
+def glue_robustness(rows: list[dict]) -> None:
+    """Glue, not shown, a claim's rows of the robustness table (``robustness`` of its chapter module: its verdict
+    under the primary rule and the reasonable alternatives) under ``<claim>_robustness``, for the results page
+    (:func:`robustness_table`)."""
+    from myst_nb import glue
+
+    glue(f"{rows[0]['claim'][:2].lower()}_robustness", json.dumps(rows), display=False)
+
+
+def robustness_table(root: str | Path | None = None):
+    """Every claim's verdict under each analysis (:data:`skillgraft.verdicts.ANALYSES` and a claim's own
+    alternatives), as the executed chapters glued them (:func:`glue_robustness`): one row per claim, one column
+    per analysis, each cell the verdict with its estimate; and the notes, one per claim and analysis."""
+    import pandas as pd
+
+    from .chapters import CHAPTERS
+    from .parameters import repo_root
+    from .verdicts import ANALYSES
+
+    folder = Path(root) if root is not None else repo_root() / "notebooks"
+    rows = []
+    for number, name in enumerate(CHAPTERS, start=1):
+        rows += json.loads(glued(folder / f"{name}.ipynb", f"c{number}_robustness"))
+    frame = pd.DataFrame(rows)
+    frame["cell"] = [v if e == "—" else f"{v} ({e})" for v, e in zip(frame.verdict, frame.estimate)]
+    order = list(ANALYSES) + [a for a in dict.fromkeys(frame.analysis) if a not in ANALYSES]
+    table = frame.pivot(index="claim", columns="analysis", values="cell").reindex(columns=order).fillna("—")
+    table.columns.name = None
+    notes = frame[frame.note != ""][["claim", "analysis", "note"]].reset_index(drop=True)
+    return table.reset_index(), notes
+
+
 GLUE_PREFIX = "application/papermill.record/"  # the mime prefix myst_nb.glue(..., display=False) writes
 
 

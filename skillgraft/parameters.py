@@ -171,9 +171,9 @@ def _check_seeds(name: str, value, params: dict) -> None:
     if value is None:
         return
     if not value or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value):
-        raise UsageError(f"parameter 'seeds' must be a non-empty list of integers ≥ 0, got {value!r}")
+        raise UsageError(f"parameter {name!r} must be a non-empty list of integers ≥ 0, got {value!r}")
     if len(set(value)) != len(value):
-        raise UsageError(f"parameter 'seeds' repeats a seed ({value!r}): each data seed counts once in every interval; "
+        raise UsageError(f"parameter {name!r} repeats a seed ({value!r}): each data seed counts once in every interval; "
                          "give distinct seeds")
 
 
@@ -197,7 +197,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("precision",), "fp32 or bf16", _check_precision),
     Rule(("k", "test_size", "max_length", "ece_bins"), "an integer ≥ 1", _integer(1)),
     Rule(("seed", "compare_seeds"), "an integer ≥ 0", _integer(0)),
-    Rule(("seeds",), "a non-empty list of distinct integers ≥ 0", _check_seeds),
+    Rule(("seeds", "score_seeds"), "a non-empty list of distinct integers ≥ 0", _check_seeds),
     Rule(("sparsities", "claim_sparsity"), "fractions in (0, 1] of the graftable parameters; claim_sparsity one of "
          "sparsities", _check_sparsity),
 )

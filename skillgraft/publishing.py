@@ -37,11 +37,13 @@ TOLERANCE = {"mean_abs_prob": 0.05, "accuracy": 0.02, "mask_size": 0.10}
 
 
 def _page_runs() -> dict[str, Callable]:
-    from .chapters import CHAPTERS, survey
-    return {**{name: module.run for name, module in CHAPTERS.items()}, "survey": survey.run}
+    from .chapters import CHAPTERS, survey, variance
+    return {**{name: module.run for name, module in CHAPTERS.items()}, "survey": survey.run, "variance": variance.run}
 
 
-PAGES = ("01_single_task_grafting", "02_calibration", "03_ood", "04_multitask", "05_continual_learning", "survey")
+PAGES = ("01_single_task_grafting", "02_calibration", "03_ood", "04_multitask", "05_continual_learning", "survey",
+         "variance")
+BOOK_PAGES = ("survey", "variance")  # pages with an experiment that live in book/, not notebooks/
 
 
 def pages(root: Path | None = None) -> dict[str, tuple[Path, dict]]:
@@ -49,8 +51,7 @@ def pages(root: Path | None = None) -> dict[str, tuple[Path, dict]]:
     from .parameters import notebook_parameters, repo_root
 
     root = root or repo_root()
-    paths = {name: root / "notebooks" / f"{name}.ipynb" for name in PAGES if name != "survey"}
-    paths["survey"] = root / "book" / "survey.ipynb"
+    paths = {name: root / ("book" if name in BOOK_PAGES else "notebooks") / f"{name}.ipynb" for name in PAGES}
     return {name: (path, notebook_parameters(path)) for name, path in paths.items()}
 
 

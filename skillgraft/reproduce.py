@@ -54,7 +54,8 @@ class Part:
 
 
 def parts(root: Path | None = None) -> list[Part]:
-    """The grid's units (each with every parameter its notebooks default to), then the task survey."""
+    """The grid's units (each with every parameter its notebooks default to), the localization-variance
+    study, then the task survey."""
     from . import grid
     from .parameters import repo_root
     from .publishing import pages
@@ -65,6 +66,7 @@ def parts(root: Path | None = None) -> list[Part]:
         out.append(Part(unit.label.split(":")[0], {name: (root / "notebooks" / f"{name}.ipynb",
                                                           grid._checked(root, name, params))
                                                    for name, params in unit.chapters}))
+    out.append(Part("variance", {"variance": pages(root)["variance"]}))
     out.append(Part("survey", {"survey": pages(root)["survey"]}))
     return out
 

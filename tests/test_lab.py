@@ -106,7 +106,9 @@ def test_multitask_localizes_the_other_base_only_when_asked(setting, monkeypatch
     real = recipes.localize
     monkeypatch.setattr(recipes, "localize", lambda *a, **k: calls.append(a[-1].base) or real(*a, **k))
     res = ex.multitask.multitask(["mr", "cr"], 13, 0.05, setting)
-    assert res.alt_overlap is None and res.alt_base == "" and calls == ["movement", "movement"]
+    # two regions, then the two single-task models' grafts (chapter 01's, from its default base patch)
+    assert res.alt_overlap is None and res.alt_base == "" and calls == ["movement"] * 4
+    assert res.single_overlap.shape == (2, 2)
 
 
 def _count_predictions(lab, monkeypatch) -> list:

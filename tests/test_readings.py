@@ -28,12 +28,14 @@ def test_single_task_reading_states_the_sizes_and_the_gaps_in_points():
     assert "from a base patch of 11 entries to 1,500–2,500" in text
     assert "1 of 2 kept masks differ" in text
     assert "mr: +0.5 against top movement, +28.0 against random" in text
-    assert "how many" in text  # within 2 points of top movement, well ahead of random
+    assert "C1c below judges" in text  # no interval given: no word on whether the entries matter
 
 
-def test_single_task_reading_follows_the_numbers():
-    assert "other entries than the largest movements" in single_task.reading(_single(0.89, 0.80, 0.61), "grow")
-    assert "about as well" in single_task.reading(_single(0.62, 0.615, 0.61), "grow")
+def test_single_task_reading_says_what_c1cs_interval_says():
+    single = _single(0.89, 0.80, 0.61)
+    assert "chose better entries" in single_task.reading(single, "grow", Interval(0.09, 0.02, 0.15))
+    assert "do better" in single_task.reading(single, "grow", Interval(-0.03, -0.05, -0.01))
+    assert "how many entries to keep" in single_task.reading(single, "grow", Interval(0.01, -0.02, 0.04))
     assert "No graft" in single_task.reading(_single(0.89, 0.8, 0.6), "refine")
 
 

@@ -17,7 +17,7 @@ from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, confidence_words, difference_words, fine_tune_regime, graft_regime, three_models, scores, evidence
 from .predictions import Predictions
 
-__all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "gains", "tested", "rule", "rule_across", "verdict", "by_task", "forest", "caveats", "evidence", "reading"]
+__all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "gains", "tested", "rule", "rule_across", "verdict", "by_task", "forest", "robustness", "caveats", "evidence", "reading"]
 
 
 FIELDS = ("task", "seed", "variant")  # what names a prediction
@@ -69,16 +69,45 @@ def calibration(tasks: list[str], seeds: list[int], sparsity: float, setting: Se
                        fine_tune_regime(lab, dspecs), graft_regime(lab, gspecs))
 
 
+def _units(cal: Calibration, against: str, tasks: list[str] | None) -> dict:
+    """Per task, one group per seed: each test example's top-class confidence and correctness under the
+    graft and under ``against`` (:func:`skillgraft.metrics.top_class`)."""
+    units = {}
+    for k, graft in cal.probs.find(variant="graft"):
+        if tasks is None or k["task"] in tasks:
+            other = cal.probs.get(task=k["task"], seed=k["seed"], variant=against)
+            units.setdefault(k["task"], []).append(mt.top_class(graft.probs, graft.labels)
+                                                   + mt.top_class(other.probs, other.labels))
+    return units
+
+
+def _ece_stat(n_bins: int):
+    """One task's ECE of the graft and of the other model, each computed per seed, then averaged over seeds."""
+    def stat(groups):
+        return [float(np.mean([verdicts.ece_binned(g[0], g[1], n_bins) for g in groups])),
+                float(np.mean([verdicts.ece_binned(g[2], g[3], n_bins) for g in groups]))]
+    return stat
+
+
+def _ece_finish(m: np.ndarray) -> dict:
+    """From the mean over tasks of the per-task ECEs: the gap (other − graft) and the relative reduction."""
+    graft, other = m
+    return {"reduction": (other - graft) / other if other > 0 else np.nan, "gap": other - graft}
+
+
 def intervals(cal: Calibration, n_bins: int = 10, against: str = "fine-tuned", tasks: list[str] | None = None,
               **kw) -> tuple:
-    """(relative ECE reduction, ECE gap) of the graft against ``against``, over ``tasks`` (default:
-    all) and seeds pooled (each task × seed a bootstrap group), for :func:`rule`; (None, None) for none."""
+    """(relative ECE reduction, ECE gap) of the graft against ``against`` over ``tasks`` (default: all),
+    for :func:`rule`; (None, None) for none. Each task's ECE is computed per seed and averaged over its
+    seeds; the pooled ECE of a model is the mean of the tasks' ECEs (never one ECE over predictions of
+    several tasks concatenated, where miscalibrations of opposite sign cancel); the interval is
+    :func:`skillgraft.verdicts.hierarchical`'s (tasks resampled when there are at least five)."""
     def compute():
-        groups = [(graft.probs, cal.probs.get(task=k["task"], seed=k["seed"], variant=against).probs, graft.labels)
-                  for k, graft in cal.probs.find(variant="graft") if tasks is None or k["task"] in tasks]
-        if not groups:
+        units = _units(cal, against, tasks)
+        if not units:
             return None, None
-        return verdicts.ece_reduction(groups, n_bins, **kw), verdicts.ece_gap(groups, n_bins, **kw)
+        out = verdicts.hierarchical(_ece_stat(n_bins), units, _ece_finish, **kw)
+        return out["reduction"], out["gap"]
     key = ("c2", n_bins, against, None if tasks is None else tuple(tasks), tuple(sorted(kw.items())))
     return verdicts.memo(cal, key, compute)
 
@@ -90,13 +119,13 @@ def gains(cal: Calibration, **kw) -> dict[str, Interval]:
 
 
 def _gains(cal: Calibration, **kw) -> dict[str, Interval]:
-    out = {}
+    units = {}
     for task in cal.probs.values("task", variant="graft"):
         model = lambda seed, variant: cal.probs.get(task=task, seed=seed, variant=variant)
-        out[task] = verdicts.accuracy_gap([(model(s, "fine-tuned").probs, model(s, "zero-shot").probs,
-                                            model(s, "zero-shot").labels)
-                                           for s in cal.probs.values("seed", task=task, variant="graft")], **kw)
-    return out
+        units[task] = [verdicts.correctness((model(s, "fine-tuned").probs, model(s, "zero-shot").probs,
+                                             model(s, "zero-shot").labels))
+                       for s in cal.probs.values("seed", task=task, variant="graft")]
+    return verdicts.per_unit(lambda gs: float(np.mean([g[0].mean() - g[1].mean() for g in gs])), units, **kw)
 
 
 def tested(cal: Calibration, **kw) -> list[str]:
@@ -170,6 +199,33 @@ def rule(reduction: Interval | None, gap: Interval | None) -> Verdict:
     return Verdict("C2", verdicts.combine([verdicts.side(gap), size]), reasons)
 
 
+def robustness(cal: Calibration, n_bins: int = 10, **kw) -> list[dict]:
+    """C2 under the primary rule and the reasonable alternatives (:data:`skillgraft.verdicts.ANALYSES`); "flat"
+    is the earlier analysis: one ECE over the predictions of all tested tasks concatenated, task × seed groups
+    resampled as independent."""
+    g = gains(cal, **kw)
+    names = tested(cal, **kw)
+    if not names:
+        return [verdicts.robust_row("C2", "primary", verdicts.UNTESTABLE)]
+    red, gap = intervals(cal, n_bins, tasks=names, **kw)
+    # the earlier analysis whole: its own test of which tasks gained (flat, task by task), then one ECE over the
+    # predictions of those tasks concatenated
+    model = lambda task, seed, variant: cal.probs.get(task=task, seed=seed, variant=variant)
+    gained = [t for t in g if verdicts.accuracy_gap(
+        [(model(t, s, "fine-tuned").probs, model(t, s, "zero-shot").probs, model(t, s, "zero-shot").labels)
+         for s in cal.probs.values("seed", task=t, variant="graft")], **kw).sign > 0]
+    groups = [(graft.probs, cal.probs.get(task=k["task"], seed=k["seed"], variant="fine-tuned").probs, graft.labels)
+              for k, graft in cal.probs.find(variant="graft") if k["task"] in gained]
+    flat_red, flat_gap = verdicts.ece_reduction(groups, n_bins, **kw), verdicts.ece_gap(groups, n_bins, **kw)
+    point = verdicts.HOLDS if red.estimate >= ECE_REDUCTION and gap.estimate > 0 else verdicts.FAILS
+    row = verdicts.robust_row
+    return [row("C2", "primary", rule(red, gap).verdict, red, ".0%", 1, ""),
+            row("C2", "point", point, red, ".0%", 1, ""),
+            row("C2", "majority", verdicts.majority([rule(*intervals(cal, n_bins, tasks=[t], **kw)).verdict
+                                                      for t in names])),
+            row("C2", "flat", rule(flat_red, flat_gap).verdict, flat_red, ".0%", 1, "")]
+
+
 def reading(cal: Calibration, reduction: Interval | None, gap: Interval | None, ts_reduction: Interval | None) -> str:
     """The chapter's result in words written from ``cal`` and its intervals (:func:`intervals`):
     how confident each model is against its accuracy, the ECE per task, and the two comparisons."""
@@ -180,7 +236,8 @@ def reading(cal: Calibration, reduction: Interval | None, gap: Interval | None, 
     per_task = "; ".join(f"{t} {row['fine-tuned']:.3f} → {row['graft']:.3f}" for t, row in ece.iterrows())
     text = (f"**Reading the result.** Fine-tuned models: {confidence_words(r[r.variant == 'fine-tuned'])}; "
             f"grafts: {confidence_words(r[r.variant == 'graft'])} (all tasks and seeds). ECE per task, fine-tuned → "
-            f"graft: {per_task}. Pooled, the ECE difference fine-tuned − graft is {gap.fmt('+.3f')}: "
+            f"graft: {per_task}. Averaged over the tasks (each task's ECE per seed, then over its seeds), the ECE "
+            f"difference fine-tuned − graft is {gap.fmt('+.3f')}: "
             f"{difference_words(gap, 'the graft is better calibrated', 'the graft is worse calibrated')}; "
             f"the relative reduction is {reduction.fmt('.0%')}, against the paper's {ECE_REDUCTION:.0%} or more.")
     if ts_reduction is not None:
@@ -192,13 +249,12 @@ def reading(cal: Calibration, reduction: Interval | None, gap: Interval | None, 
 
 
 def reduction_by_task(cal: Calibration, n_bins: int = 10, against: str = "fine-tuned") -> pd.Series:
-    """Per task, the relative ECE reduction of the graft against ``against`` with each model's
-    predictions pooled over seeds — the same estimate as :func:`intervals`' pooled one, task by task."""
+    """Per task, the relative ECE reduction of the graft against ``against``, each model's ECE computed per
+    seed and averaged over seeds — the per-task estimate :func:`intervals` pools."""
     out = {}
     for task in cal.probs.values("task"):
         def ece(variant):
-            parts = [p for _, p in cal.probs.find(task=task, variant=variant)]
-            return mt.ece(np.concatenate([p for p, _ in parts]), np.concatenate([y for _, y in parts]), n_bins)
+            return float(np.mean([mt.ece(p.probs, p.labels, n_bins) for _, p in cal.probs.find(task=task, variant=variant)]))
         ref = ece(against)
         out[task] = (ref - ece("graft")) / ref if ref > 0 else np.nan
     return pd.Series(out, name="ECE reduction", dtype=float).rename_axis("task")

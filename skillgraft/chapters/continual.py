@@ -20,8 +20,8 @@ from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, difference_words, families, fine_tune_regime, graft_regime, pooled, evidence
 from .predictions import Predictions
 
-__all__ = ["forgetting", "CONTINUAL_METHODS", "Continual", "run", "continual", "continual_many", "evaluated", "intervals", "pooled_intervals", "pooled_forgetting",
-           "name", "verdict", "rule", "rule_across", "merged", "by_sequence", "forest", "caveats", "evidence", "reading"]
+__all__ = ["forgetting", "BY_CONSTRUCTION", "CONTINUAL_METHODS", "Continual", "run", "continual", "continual_many", "evaluated", "intervals", "pooled_intervals", "pooled_forgetting",
+           "name", "verdict", "rule", "rule_across", "merged", "by_sequence", "forest", "robustness", "earlier_rule", "caveats", "evidence", "reading"]
 
 FIELDS = ("seed", "method", "stage", "task")  # what names a prediction: stage t and task j, counted from 0
 
@@ -139,70 +139,89 @@ def name(result: Continual) -> str:
     return " → ".join(_sequence(result))
 
 
-def _groups(result: Continual, method: str) -> tuple[list, list]:
-    """Per seed, the bootstrap groups of (backward transfer, final average accuracy) of ``method``
-    against sequential fine-tuning; empty for a one-task sequence."""
+def _unit(result: Continual, method: str) -> tuple[list, np.ndarray] | None:
+    """One sequence's groups, one per seed, aligned on the test examples of its tasks one after another: whether
+    each example is right under ``method`` after the last stage and just after its own stage, and the same for
+    sequential fine-tuning; with the task of each example (the strata). None for a one-task sequence."""
     T = len(_sequence(result))
-    seeds = sorted(result.probs.values("seed"))
     if T < 2:
-        return [], []
+        return None
     p = lambda seed, m, t, j: result.probs.get(seed=seed, method=m, stage=t, task=j).probs
     labels = lambda seed, j: result.probs.get(seed=seed, method="sequential", stage=j, task=j).labels
-    bwt, final = [], []
-    for seed in seeds:
-        # BWT = mean over j < T of R[T, j] − R[j, j]; test sets of equal size, so pooling is the mean.
-        # Each task's predictions are scored first (verdicts.correctness): tasks of a sequence differ in classes.
-        bwt.append(pooled([verdicts.correctness((p(seed, method, T - 1, j), p(seed, method, j, j),
-                                                 p(seed, "sequential", T - 1, j), p(seed, "sequential", j, j),
-                                                 labels(seed, j))) for j in range(T - 1)]))
-        final.append(pooled([verdicts.correctness((p(seed, method, T - 1, j), p(seed, "sequential", T - 1, j),
-                                                   labels(seed, j))) for j in range(T)]))
-    return bwt, final
+    groups = []
+    for seed in sorted(result.probs.values("seed")):
+        # each task's predictions scored first (verdicts.correctness): the tasks of a sequence differ in classes
+        groups.append(pooled([verdicts.correctness((p(seed, method, T - 1, j), p(seed, method, j, j),
+                                                    p(seed, "sequential", T - 1, j), p(seed, "sequential", j, j),
+                                                    labels(seed, j))) for j in range(T)]))
+    first = sorted(result.probs.values("seed"))[0]
+    strata = np.concatenate([np.full(len(labels(first, j)), j) for j in range(T)])
+    return [(*g, strata) for g in groups], strata
 
 
-def _interval_pair(bwt: list, final: list, **kw) -> tuple:
-    if not bwt:
-        return None, None
-    return (verdicts.accuracy_interval(bwt, lambda a, b, c, d: (a - b) - (c - d), scored=True, **kw),
-            verdicts.accuracy_gap(final, scored=True, **kw))
+def _c5_stat(groups: list[tuple]) -> list[float]:
+    """One sequence's estimands, per seed then averaged over seeds, from the per-task accuracies R[t, j]: final
+    average accuracy gap mean_j (R_m[T, j] − R_seq[T, j]) over all tasks; backward transfer gap mean_{j<T}
+    ((R_m[T, j] − R_m[j, j]) − (R_seq[T, j] − R_seq[j, j])); forgetting of sequential fine-tuning mean_{j<T}
+    (R_seq[j, j] − R_seq[T, j])."""
+    strata = groups[0][4]
+    tasks = np.unique(strata)
+    out = []
+    for g in groups:
+        acc = np.array([[g[i][strata == j].mean() for j in tasks] for i in range(4)])  # (4 arrays, T tasks)
+        m_end, m_own, s_end, s_own = acc
+        out.append([float(np.mean(m_end - s_end)), float(np.mean((m_end - m_own)[:-1] - (s_end - s_own)[:-1])),
+                    float(np.mean((s_own - s_end)[:-1]))])
+    return list(np.mean(out, axis=0))
+
+
+def _c5_finish(m: np.ndarray) -> dict:
+    return {"final": m[0], "bwt": m[1], "forgetting": m[2]}
+
+
+def _c5(results: list[Continual], method: str, **kw) -> dict | None:
+    """The three intervals over ``results`` (sequences held fixed: the verdict is about them; seeds and test
+    examples, stratified by task, resampled); None when no sequence has two tasks."""
+    units, strata = {}, {}
+    for i, r in enumerate(results):  # keyed by position: two results may be of one sequence
+        unit = _unit(r, method)
+        if unit is not None:
+            units[i], strata[i] = unit
+    if not units:
+        return None
+    return verdicts.hierarchical(_c5_stat, units, _c5_finish, strata=strata,
+                                 resample_units=len(units) >= verdicts.MIN_UNITS, **kw)
 
 
 def intervals(result: Continual, method: str = "graft (task known)", **kw) -> tuple:
     """(BWT gap, final average accuracy gap) of ``method`` − sequential, over seeds and test
     examples, for :func:`rule`; (None, None) for a one-task sequence."""
-    return verdicts.memo(result, ("c5", method, tuple(sorted(kw.items()))),
-                         lambda: _interval_pair(*_groups(result, method), **kw))
+    def compute():
+        out = _c5([result], method, **kw)
+        return (None, None) if out is None else (out["bwt"], out["final"])
+    return verdicts.memo(result, ("c5", method, tuple(sorted(kw.items()))), compute)
 
 
 def pooled_intervals(results: list[Continual], method: str = "graft (task known)", **kw) -> tuple:
-    """The same over several sequences pooled (each sequence × seed one bootstrap group)."""
-    parts = [_groups(r, method) for r in results]
-    return _interval_pair([g for b, _ in parts for g in b], [g for _, f in parts for g in f], **kw)
-
-
-def _forgetting_groups(result: Continual, method: str) -> list:
-    T = len(_sequence(result))
-    if T < 2:
-        return []
-    p = lambda seed, t, j: result.probs.get(seed=seed, method=method, stage=t, task=j)
-    return [pooled([verdicts.correctness((p(seed, j, j).probs, p(seed, T - 1, j).probs, p(seed, j, j).labels))
-                    for j in range(T - 1)]) for seed in sorted(result.probs.values("seed"))]
+    """The same over several sequences: the mean over sequences of each sequence's estimate."""
+    out = _c5(results, method, **kw)
+    return (None, None) if out is None else (out["bwt"], out["final"])
 
 
 def forgetting(result: Continual, method: str = "sequential", **kw) -> Interval | None:
-    """How much ``method`` forgets: the mean over earlier tasks j of R[j, j] − R[T, j] (accuracy on
-    task j just after learning it, minus at the end), over seeds and test examples; None for a
-    one-task sequence."""
+    """How much sequential fine-tuning forgets: the mean over earlier tasks j of R[j, j] − R[T, j] (accuracy on
+    task j just after learning it, minus at the end), over seeds and test examples; None for a one-task
+    sequence."""
     def compute():
-        groups = _forgetting_groups(result, method)
-        return verdicts.accuracy_gap(groups, scored=True, **kw) if groups else None
+        out = _c5([result], method, **kw)
+        return None if out is None else out["forgetting"]
     return verdicts.memo(result, ("c5 forgetting", method, tuple(sorted(kw.items()))), compute)
 
 
 def pooled_forgetting(results: list[Continual], method: str = "sequential", **kw) -> Interval | None:
-    """:func:`forgetting` over several sequences pooled (each sequence × seed one bootstrap group)."""
-    groups = [g for r in results for g in _forgetting_groups(r, method)]
-    return verdicts.accuracy_gap(groups, scored=True, **kw) if groups else None
+    """:func:`forgetting` over several sequences: the mean over sequences."""
+    out = _c5(results, method, **kw)
+    return None if out is None else out["forgetting"]
 
 
 def _judged(results: list[Continual], method: str, **kw) -> tuple[dict, list, tuple | None]:
@@ -255,12 +274,12 @@ def by_sequence(results: list[Continual], method: str = "graft (task known)", **
 
 
 def forest(results: list[Continual], method: str = "graft (task known)", **kw) -> pd.DataFrame:
-    """Graft − sequential backward transfer by sequence and pooled, for :func:`skillgraft.plots.forest`."""
+    """Graft − sequential final average accuracy by sequence and pooled, for :func:`skillgraft.plots.forest`."""
     per, tested, pool = _judged(results, method, **kw)
     pool = pool if len(tested) > 1 else None
-    return verdicts.forest_frame({n: v[0] for n, v in per.items() if v[0] is not None},
+    return verdicts.forest_frame({n: v[1] for n, v in per.items() if v[1] is not None},
                                  {name(r): rule(*per[name(r)]).verdict for r in tested},
-                                 pool[0] if pool else None, rule(*pool).verdict if pool else verdicts.UNTESTABLE)
+                                 pool[1] if pool else None, rule(*pool).verdict if pool else verdicts.UNTESTABLE)
 
 
 def rule_across(per_sequence: dict[str, tuple], pooled: tuple | None) -> Verdict:
@@ -275,6 +294,54 @@ def rule_across(per_sequence: dict[str, tuple], pooled: tuple | None) -> Verdict
                            untested, unit="sequence")
 
 
+def earlier_rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None, forgetting: Interval | None = None) -> str:
+    """The rule C5 was judged by before the analysis plan (for the robustness table): holds when the graft
+    forgets less (backward transfer gap above zero, which a task-known graft gets by construction) and ends
+    no lower; fails when it forgets more, or ends lower while forgetting no less; else inconclusive."""
+    if bwt_gap is None or accuracy_gap_ is None:
+        return verdicts.UNTESTABLE
+    if forgetting is not None and forgetting.sign <= 0:
+        return verdicts.UNTESTABLE
+    less, lower = verdicts.side(bwt_gap), accuracy_gap_.sign < 0
+    return (verdicts.FAILS if less == verdicts.FAILS or (lower and less != verdicts.HOLDS)
+            else verdicts.HOLDS if less == verdicts.HOLDS and not lower else verdicts.INCONCLUSIVE)
+
+
+def _flat(results: list[Continual], method: str, **kw) -> tuple:
+    """(BWT gap, final accuracy gap) by the earlier flat scheme: each sequence × seed one independent group,
+    the predictions of a sequence's tasks concatenated."""
+    bwt, final = [], []
+    for r in results:
+        unit = _unit(r, method)
+        if unit is None:
+            continue
+        groups, strata = unit
+        T = int(strata.max()) + 1
+        for g in groups:
+            early = strata < T - 1
+            bwt.append(tuple(a[early] for a in g[:4]))
+            final.append((g[0], g[2]))
+    return (verdicts.accuracy_interval(bwt, lambda a, b, c, d: (a - b) - (c - d), scored=True, **kw),
+            verdicts.accuracy_gap(final, scored=True, **kw))
+
+
+def robustness(results: list[Continual], method: str = "graft (task known)", **kw) -> list[dict]:
+    """C5 under the primary rule and the reasonable alternatives (:data:`skillgraft.verdicts.ANALYSES`), and under
+    the earlier rule on backward transfer (which a task-known graft meets by construction)."""
+    per, tested, pool = _judged(results, method, **kw)
+    if pool is None:
+        return [verdicts.robust_row("C5", "primary", verdicts.UNTESTABLE)]
+    bwt, acc, forgot = pool
+    flat_bwt, flat_acc = _flat(tested, method, **kw)
+    row = verdicts.robust_row
+    return [row("C5", "primary", rule(bwt, acc, forgot).verdict, acc),
+            row("C5", "point", verdicts.point(acc.estimate), acc),
+            row("C5", "majority", verdicts.majority([rule(*per[name(r)]).verdict for r in tested])),
+            row("C5", "flat", rule(flat_bwt, flat_acc, forgot).verdict, flat_acc),
+            row("C5", "backward transfer", earlier_rule(bwt, acc, forgot), bwt,
+                note="the earlier rule: backward transfer first, final accuracy only as a check")]
+
+
 def _stitched_variant(lab, stages, mspecs, t: int, sparsity: float) -> Variant:
     """All regions of stages 0..t stitched into θ_pre (the stitched delta is zero off the union);
     after the first stage there is one region, and stitching it is grafting it."""
@@ -283,26 +350,27 @@ def _stitched_variant(lab, stages, mspecs, t: int, sparsity: float) -> Variant:
     return Variant("stitched", delta=Stitch(tuple(mspecs[:t + 1])), sparsity=sparsity)
 
 
-def rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None, forgetting: Interval | None = None) -> Verdict:
-    """C5 from graft − sequential intervals of backward transfer (``bwt_gap``) and of final
-    average accuracy. Holds when the graft forgets less (BWT gap above zero) and ends no lower
-    (accuracy gap not below zero); fails when it forgets more (BWT gap below zero) or ends lower
-    while forgetting no less; else inconclusive. Not testable here for a one-task sequence, or
-    when ``forgetting`` (the sequential model's, if given) is not above zero: there was nothing
-    to forget less of."""
+BY_CONSTRUCTION = ("a task-known graft answers task j with the graft of stage j, fixed once that stage ends, so its "
+                   "own backward transfer is 0 by construction and this gap equals the forgetting of sequential "
+                   "fine-tuning: not evidence for C5")
+
+
+def rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None, forgetting: Interval | None = None,
+         method: str = "graft (task known)") -> Verdict:
+    """C5 from graft − sequential intervals of final average accuracy (``accuracy_gap_``, the primary estimand: the
+    mean accuracy over the sequence's tasks after its last stage) and of backward transfer (``bwt_gap``, reported,
+    not judged: for a task-known graft it holds by construction). Holds when the final accuracy gap's interval is
+    above zero, fails when below, else inconclusive. Not testable here for a one-task sequence, or when
+    ``forgetting`` (sequential fine-tuning's, if given) is not above zero: there was nothing to help with."""
     if bwt_gap is None or accuracy_gap_ is None:
         return Verdict("C5", verdicts.UNTESTABLE, ("a sequence of one task has no earlier task to forget",))
-    reasons = [f"backward transfer, graft − sequential {bwt_gap.fmt('+.1f', 100, ' pt')}",
-               f"final average accuracy, graft − sequential {accuracy_gap_.fmt('+.1f', 100, ' pt')}"]
+    reasons = [f"final average accuracy, graft − sequential {accuracy_gap_.fmt('+.1f', 100, ' pt')}: "
+               f"{verdicts.side(accuracy_gap_)}",
+               f"backward transfer, graft − sequential {bwt_gap.fmt('+.1f', 100, ' pt')}"
+               + (f" ({BY_CONSTRUCTION})" if method == "graft (task known)" else "")]
     blocked = verdicts.no_room("C5", reasons, forgetting, "forgetting of plain sequential fine-tuning",
                                "sequential fine-tuning forgot nothing measurable, so there was no forgetting for a graft to reduce")
-    if blocked:
-        return blocked
-    less = verdicts.side(bwt_gap)
-    lower = accuracy_gap_.sign < 0
-    verdict = (verdicts.FAILS if less == verdicts.FAILS or (lower and less != verdicts.HOLDS)
-               else verdicts.HOLDS if less == verdicts.HOLDS and not lower else verdicts.INCONCLUSIVE)
-    return Verdict("C5", verdict, tuple(reasons))
+    return blocked or Verdict("C5", verdicts.side(accuracy_gap_), tuple(reasons))
 
 
 def reading(result: Continual, forgetting_: Interval | None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +17,13 @@ import pandas as pd
 from .. import metrics as mt
 from .. import verdicts
 from ..lab import Variant
+from ..localization import GraftConfig
 from ..recipes import Similarity
 from ..verdicts import Verdict
 from .common import Setting, caveats, fine_tune_regime, graft_regime, evidence
 
-__all__ = ["DISJOINT", "MIN_PAIRS", "MultiTask", "run", "multitask", "mean_overlap", "overlap_summary", "verdict", "rule", "caveats", "evidence", "reading"]
+__all__ = ["DISJOINT", "MIN_PAIRS", "MultiTask", "run", "multitask", "mean_overlap", "pair_overlaps", "permutation_pvalue",
+           "overlap_summary", "verdict", "rule", "robustness", "caveats", "evidence", "reading"]
 
 
 DISJOINT = 0.10        # "almost disjoint": mean asymmetric overlap of two task regions below 10%
@@ -46,6 +49,7 @@ class MultiTask:
     alt_overlap: pd.DataFrame | None = None  # asymmetric overlap of the regions localized from that base
     regime: pd.DataFrame | None = None       # fine_tune_regime: the multi-task model and the single-task ones
     grafts: pd.DataFrame | None = None       # graft_regime of the regions
+    single_overlap: pd.DataFrame | None = None  # asymmetric overlap of the grafts of the single-task models (chapter 01's)
 
 
 def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
@@ -90,6 +94,11 @@ def multitask(tasks: list[str], seed: int, sparsity: float, setting: Setting,
     out.regime = fine_tune_regime(lab, [(dict(model="multi-task", task=", ".join(tasks)), mt_spec)]
                                   + [(dict(model="single-task", task=t), single[t]) for t in tasks])
     out.grafts = graft_regime(lab, [(dict(task=t), spec) for t, spec in regions.items()])
+    # the same tasks' grafts on their own single-task models, as chapter 01 localizes them (its default base patch):
+    # how much two tasks' regions overlap when no δ is shared
+    own = dataclasses.replace(setting.graft, base=GraftConfig().base)
+    out.single_overlap = mt.overlap_matrix({t: lab.mask(lab.graft(single[t], t, sparsity, own)) for t in tasks},
+                                           "asymmetric")
     if compare_bases:  # the same regions localized from the other base patch: overlaps only (no evaluations)
         out.alt_base = "movement" if setting.graft.base == "gradient" else "gradient"
         alt_cfg = dataclasses.replace(setting.graft, base=out.alt_base)
@@ -106,42 +115,105 @@ def mean_overlap(matrix: pd.DataFrame) -> float | None:
     return float(matrix.values[off].mean()) if off.any() else None
 
 
+def pair_overlaps(matrix: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """Each unordered task pair's overlap: the mean of its two directions of an asymmetric overlap matrix."""
+    names = list(matrix.index)
+    return {(a, b): float((matrix.loc[a, b] + matrix.loc[b, a]) / 2) for a, b in itertools.combinations(names, 2)}
+
+
+def permutation_pvalue(similarity: dict[tuple[str, str], float], overlap: dict[tuple[str, str], float],
+                       limit: int = 40320, seed: int = 0) -> tuple[float, float]:
+    """Spearman's ρ of pair overlap with pair similarity, and its two-sided p-value from a permutation over task
+    relabelings: the similarity matrix's tasks are relabeled (every permutation up to ``limit``, else that many
+    drawn) and ρ recomputed, so the 15 pairs of six tasks, which share tasks, are not counted as independent."""
+    pairs = list(overlap)
+    tasks = sorted({t for p in pairs for t in p})
+    sim = lambda a, b: similarity[(a, b)] if (a, b) in similarity else similarity[(b, a)]
+    y = np.array([overlap[p] for p in pairs])
+    rho = mt.rank_correlation([sim(*p) for p in pairs], y).rho
+    if len(tasks) < 3:
+        return rho, float("nan")
+    perms = (list(itertools.permutations(range(len(tasks)))) if math.factorial(len(tasks)) <= limit else
+             [tuple(np.random.default_rng(seed + i).permutation(len(tasks))) for i in range(limit)])
+    index = {t: i for i, t in enumerate(tasks)}
+    count = 0
+    for perm in perms:
+        x = [sim(tasks[perm[index[a]]], tasks[perm[index[b]]]) for a, b in pairs]
+        count += abs(mt.rank_correlation(x, y).rho) >= abs(rho) - 1e-12
+    return rho, count / len(perms)
+
+
 def overlap_summary(result: MultiTask) -> dict:
     """What C4 is judged on: the mean off-diagonal asymmetric overlap of the regions, the same
-    expected of random masks of their sizes, and the rank correlation of a pair's overlap with
-    the similarity of its tasks (:class:`metrics.RankCorrelation`)."""
+    expected of random masks of their sizes and of the single-task models' grafts, the rank
+    correlation of a pair's overlap with the similarity of its tasks and its permutation p-value
+    (over task relabelings: :func:`permutation_pvalue`), and the earlier p-value that counts the
+    pairs as independent (``parametric_p``)."""
     sim, rnd = result.similarity, mean_overlap(result.random_overlap)
-    return {"mean_overlap": mean_overlap(result.overlap), "random_overlap": float("nan") if rnd is None else rnd,
-            "rho": mt.rank_correlation(sim.similarity, sim.overlap) if len(sim) else None, "pairs": len(sim)}
+    single = getattr(result, "single_overlap", None)
+    out = {"mean_overlap": mean_overlap(result.overlap), "random_overlap": float("nan") if rnd is None else rnd,
+           "single_overlap": mean_overlap(single) if single is not None else None,
+           "rho": mt.rank_correlation(sim.similarity, sim.overlap) if len(sim) else None, "pairs": len(sim),
+           "pvalue": float("nan")}
+    if out["rho"] is not None and "pair" in sim and len(sim) >= 3:
+        names = list(result.overlap.index)
+        by_pair = {tuple(p.split("–")): v for p, v in zip(sim.pair, sim.similarity)}
+        if all(a in names and b in names for a, b in by_pair):
+            _, out["pvalue"] = permutation_pvalue(by_pair, pair_overlaps(result.overlap))
+    return out
 
 
 def verdict(result: MultiTask) -> Verdict:
-    """C4 on a chapter's result (:func:`overlap_summary`, then :func:`rule`)."""
+    """C4 on a chapter's result (:func:`overlap_summary`, then :func:`rule`; ρ judged on its permutation
+    p-value)."""
     s = overlap_summary(result)
     rho = s["rho"]
     return rule(s["mean_overlap"], s["random_overlap"], rho.rho if rho is not None else float("nan"), s["pairs"],
-                rho.pvalue if rho is not None else float("nan"))
+                s["pvalue"], s["single_overlap"])
 
 
 def rule(mean_overlap: float | None, random_overlap: float, rho: float, pairs: int,
-         pvalue: float = float("nan")) -> Verdict:
+         pvalue: float = float("nan"), single_overlap: float | None = None) -> Verdict:
     """C4 from the mean asymmetric overlap of the task regions, the overlap expected of random
     masks of their sizes, and the rank correlation ρ of overlap with task similarity (over
-    ``pairs`` task pairs, two-sided ``pvalue``). Two parts, both needed: disjointness holds
-    when the mean overlap is below 10% and fails otherwise; overlap tracks similarity holds
-    when ρ > 0 at p < 0.05 over at least MIN_PAIRS pairs, fails when ρ < 0 at p < 0.05, else is
-    inconclusive. Not testable here with fewer than two tasks."""
+    ``pairs`` task pairs, two-sided ``pvalue`` from a permutation over task relabelings). Two parts,
+    both needed: disjointness holds when the mean overlap is below 10% and fails otherwise; overlap
+    tracks similarity holds when ρ > 0 at p < 0.05 over at least MIN_PAIRS pairs, fails when ρ < 0
+    at p < 0.05, else is inconclusive. ``single_overlap``, the mean overlap of the single-task
+    models' grafts, is reported beside it. Not testable here with fewer than two tasks."""
     if mean_overlap is None or pairs < 1 or not np.isfinite(mean_overlap):
         return Verdict("C4", verdicts.UNTESTABLE, ("fewer than two task regions",))
     disjoint = verdicts.HOLDS if mean_overlap < DISJOINT else verdicts.FAILS
     significant = pairs >= MIN_PAIRS and np.isfinite(pvalue) and pvalue < 0.05
     tracks = (verdicts.INCONCLUSIVE if not significant else verdicts.HOLDS if rho > 0 else verdicts.FAILS)
+    p_text = "" if not np.isfinite(pvalue) else (", p < 0.001" if pvalue < 0.001 else f", p = {pvalue:.3f}")
     reasons = (f"mean overlap of two regions {mean_overlap:.1%} (random masks of the same sizes: "
-               f"{random_overlap:.3%}); 'almost disjoint' here means below {DISJOINT:.0%}: {disjoint}",
-               f"Spearman rho of overlap with task similarity {rho:+.2f} over {pairs} pair(s)"
-               + (f", p = {pvalue:.2f}" if np.isfinite(pvalue) else "")
+               f"{random_overlap:.3%}" + (f"; the grafts of single-task models: {single_overlap:.1%}"
+                                          if single_overlap is not None else "")
+               + f"); 'almost disjoint' here means below {DISJOINT:.0%}: {disjoint}",
+               f"Spearman rho of overlap with task similarity {rho:+.2f} over {pairs} pair(s)" + p_text
+               + (" (permutation over task relabelings)" if p_text else "")
                + (f" (fewer than {MIN_PAIRS} pairs say nothing)" if pairs < MIN_PAIRS else "") + f": {tracks}")
     return Verdict("C4", verdicts.combine([disjoint, tracks]), reasons)
+
+
+def robustness(result: MultiTask) -> list[dict]:
+    """C4 under the primary rule and the alternatives: the point estimates alone, and ρ's earlier p-value, which
+    counts the 15 pairs as independent although they share tasks."""
+    s = overlap_summary(result)
+    rho = s["rho"]
+    v = verdict(result)
+    row = verdicts.robust_row
+    if rho is None:
+        return [row("C4", "primary", v.verdict)]
+    point = verdicts.combine([verdicts.HOLDS if s["mean_overlap"] < DISJOINT else verdicts.FAILS,
+                              verdicts.point(rho.rho)])
+    parametric = rule(s["mean_overlap"], s["random_overlap"], rho.rho, s["pairs"], rho.pvalue).verdict
+    text = lambda p: "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    return [row("C4", "primary", v.verdict, note=f"ρ {rho.rho:+.2f}, {text(s['pvalue'])} (permutation)"),
+            row("C4", "point", point, note=f"mean overlap {s['mean_overlap']:.1%}, ρ {rho.rho:+.2f}"),
+            row("C4", "parametric p", parametric,
+                note=f"ρ's p-value counting the pairs as independent: {text(rho.pvalue)}")]
 
 
 def reading(result: MultiTask) -> str:
@@ -166,8 +238,13 @@ def reading(result: MultiTask) -> str:
             f"{ratio:,.0f} times what random masks of the same sizes would share ({s['random_overlap']:.3%}); "
             f"by pair, mean overlap of the two directions: {'; '.join(parts)}. ")
     if rho is not None:
+        p = s["pvalue"]
         text += (f"Over the {s['pairs']} pairs, Spearman's ρ of overlap with the similarity of the tasks' single-task "
-                 f"deltas is {rho.rho:+.2f} (p = {rho.pvalue:.2f}). ")
+                 f"deltas is {rho.rho:+.2f} (" + ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+                 + ", from a permutation over task relabelings, since the pairs share tasks). ")
+    if s["single_overlap"] is not None:
+        text += (f"The same tasks' grafts on their own single-task models (chapter 01's) share {s['single_overlap']:.1%} "
+                 f"of each other on average: no δ is shared there. ")
     text += (f"The multi-task model's accuracy is {acc.multitask.mean():.1%} on average over the tasks, against "
              f"{acc.single_task.mean():.1%} for single-task fine-tunes and {acc.zero_shot.mean():.1%} zero-shot; "
              f"each task's region grafted alone reaches {acc.own_region.mean():.1%}.")

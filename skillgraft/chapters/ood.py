@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .. import tasks as tk
@@ -16,7 +17,7 @@ from ..verdicts import Interval, Verdict
 from .common import Setting, caveats, difference_words, families, fine_tune_regime, graft_regime, three_models, pooled, scores
 from .predictions import Predictions
 
-__all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "rule_across", "verdict", "by_source", "forest", "caveats", "evidence",
+__all__ = ["headroom", "OOD", "run", "ood", "intervals", "rule", "rule_across", "verdict", "by_source", "forest", "robustness", "caveats", "evidence",
            "reading"]
 
 FIELDS = ("source", "target", "seed", "variant")  # what names a prediction (target: the test set)
@@ -79,44 +80,56 @@ def _shifted(result: OOD, variant: str, sources: list[str] | None = None) -> lis
                    if k["source"] != k["target"] and (sources is None or k["source"] in sources)})
 
 
+def _source_unit(result: OOD, source: str, pairs: list[tuple[str, str]], a: str, b: str) -> tuple[list, np.ndarray]:
+    """One source's groups, one per seed: correctness of models ``a`` and ``b`` on each example of its shifted
+    targets (the targets one after another), and the target of each example (the strata)."""
+    seeds = sorted(result.probs.values("seed"))
+    targets = [t for s, t in pairs if s == source]
+
+    def scored(t, seed):
+        first = result.probs.get(source=source, target=t, seed=seed, variant=a)
+        return verdicts.correctness((first.probs, result.probs.get(source=source, target=t, seed=seed,
+                                                                   variant=b).probs, first.labels))
+    groups = [pooled([scored(t, seed) for t in targets]) for seed in seeds]
+    strata = np.concatenate([np.full(len(result.probs.get(source=source, target=t, seed=seeds[0], variant=a).labels), i)
+                             for i, t in enumerate(targets)])
+    return [(*g, strata) for g in groups], strata
+
+
+def _gap_stat(groups: list[tuple]) -> float:
+    """One source's a − b accuracy: per target, per seed, then the mean over its seeds and targets."""
+    strata = groups[0][2]
+    return float(np.mean([np.mean([g[0][strata == s].mean() - g[1][strata == s].mean() for s in np.unique(strata)])
+                          for g in groups]))
+
+
+def _gap(result: OOD, pairs: list[tuple[str, str]], a: str, b: str, **kw) -> Interval | None:
+    """a − b accuracy over the shifted targets of the sources in ``pairs``: the mean over sources of each source's
+    mean over its targets (:func:`_gap_stat`); sources held fixed (the verdict is about them), seeds and test
+    examples (stratified by target) resampled."""
+    sources = sorted({s for s, _ in pairs})
+    if not sources:
+        return None
+    units, strata = {}, {}
+    for src in sources:
+        units[src], strata[src] = _source_unit(result, src, pairs, a, b)
+    return verdicts.hierarchical(_gap_stat, units, strata=strata, resample_units=len(units) >= verdicts.MIN_UNITS,
+                                 **kw)
+
+
 def _intervals(result: OOD, sources: list[str] | None = None, **kw) -> tuple:
     pairs = _shifted(result, "graft", sources)
-    seeds = sorted(result.probs.values("seed"))
-    def group(s, t, seed):
-        graft = result.probs.get(source=s, target=t, seed=seed, variant="graft")
-        return graft.probs, result.probs.get(source=s, target=t, seed=seed, variant="fine-tuned").probs, graft.labels
-    per = {f"{s}→{t}": verdicts.accuracy_gap([group(s, t, seed) for seed in seeds], **kw) for s, t in pairs}
-    if not pairs:
-        return None, per
-    groups = []
-    for src in sorted({s for s, _ in pairs}):
-        for seed in seeds:
-            groups.append(pooled([group(s, t, seed) for s, t in pairs if s == src]))
-    return verdicts.accuracy_gap(groups, **kw), per
-
+    per = {f"{s}→{t}": _gap(result, [(s, t)], "graft", "fine-tuned", **kw) for s, t in pairs}
+    return (_gap(result, pairs, "graft", "fine-tuned", **kw) if pairs else None), per
 
 
 def headroom(result: OOD, sources: list[str] | None = None, **kw) -> Interval | None:
-    """Fine-tuned − zero-shot accuracy over every OOD target of each of ``sources`` (default: all; pooled
-    per source and seed): what fine-tuning gained out of distribution, hence what a graft could keep
-    (None: no target)."""
+    """Fine-tuned − zero-shot accuracy over the OOD targets of ``sources`` (default: all; per target, then the
+    mean over a source's targets and over sources): what fine-tuning gained out of distribution, hence what a
+    graft could keep (None: no target)."""
     key = ("c3 headroom", None if sources is None else tuple(sources), tuple(sorted(kw.items())))
-    return verdicts.memo(result, key, lambda: _headroom(result, sources, **kw))
-
-
-def _headroom(result: OOD, sources: list[str] | None = None, **kw) -> Interval | None:
-    pairs = _shifted(result, "fine-tuned", sources)
-    seeds = sorted(result.probs.values("seed"))
-    if not pairs:
-        return None
-    def group(s, t, seed):
-        tuned = result.probs.get(source=s, target=t, seed=seed, variant="fine-tuned")
-        return tuned.probs, result.probs.get(source=s, target=t, seed=seed, variant="zero-shot").probs, tuned.labels
-    groups = []
-    for src in sorted({s for s, _ in pairs}):
-        for seed in seeds:
-            groups.append(pooled([group(s, t, seed) for s, t in pairs if s == src]))
-    return verdicts.accuracy_gap(groups, **kw)
+    return verdicts.memo(result, key, lambda: _gap(result, _shifted(result, "fine-tuned", sources), "fine-tuned",
+                                                   "zero-shot", **kw))
 
 
 def rule(overall: Interval | None, per_target: dict[str, Interval], headroom: Interval | None = None) -> Verdict:
@@ -176,6 +189,34 @@ def forest(result: OOD, **kw) -> pd.DataFrame:
     return verdicts.forest_frame({s: v[0] for s, v in per.items() if v[0] is not None},
                                  {s: rule(*per[s]).verdict for s in room},
                                  pooled[0] if pooled else None, rule(*pooled).verdict if pooled else verdicts.UNTESTABLE)
+
+
+def _flat(result: OOD, sources: list[str], **kw) -> tuple:
+    """The earlier flat scheme (for the robustness table): each source × seed one independent group, the
+    predictions of a source's targets concatenated."""
+    pairs = _shifted(result, "graft", sources)
+    seeds = sorted(result.probs.values("seed"))
+
+    def group(s, t, seed, a, b):
+        first = result.probs.get(source=s, target=t, seed=seed, variant=a)
+        return first.probs, result.probs.get(source=s, target=t, seed=seed, variant=b).probs, first.labels
+    gap = lambda a, b: verdicts.accuracy_gap([pooled([group(s, t, seed, a, b) for s, t in pairs if s == src])
+                                              for src in sorted(set(sources)) for seed in seeds], **kw)
+    return gap("graft", "fine-tuned"), gap("fine-tuned", "zero-shot")
+
+
+def robustness(result: OOD, **kw) -> list[dict]:
+    """C3 under the primary rule and the reasonable alternatives (:data:`skillgraft.verdicts.ANALYSES`)."""
+    per, room, pool = _judged(result, **kw)
+    if pool is None:
+        return [verdicts.robust_row("C3", "primary", verdicts.UNTESTABLE)]
+    overall, per_target, head = pool
+    flat, flat_head = _flat(result, room, **kw)
+    row = verdicts.robust_row
+    return [row("C3", "primary", rule(overall, per_target, head).verdict, overall),
+            row("C3", "point", verdicts.point(overall.estimate), overall),
+            row("C3", "majority", verdicts.majority([rule(*per[s]).verdict for s in room])),
+            row("C3", "flat", rule(flat, per_target, flat_head).verdict, flat)]
 
 
 def rule_across(per_source: dict[str, tuple], pooled: tuple | None) -> Verdict:

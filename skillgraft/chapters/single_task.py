@@ -21,7 +21,7 @@ from .common import MASK_VARIANTS, Setting, caveats, fine_tune_regime, graft_reg
 from .predictions import Predictions
 
 __all__ = ["RECOVERY", "NORMALIZED", "SingleTask", "run", "single_task", "recovery_table", "sparsity_to_reach",
-           "intervals", "pooled_intervals", "tested", "task_rule", "task_verdicts", "rule", "verdict", "by_task", "forest", "caveats", "MASK_VARIANTS", "evidence", "reading"]
+           "intervals", "pooled_intervals", "tested", "recovery_part", "kept_part", "top_part", "task_rule", "task_verdicts", "rule", "verdict", "by_task", "forest", "robustness", "pooled_vs_top", "caveats", "MASK_VARIANTS", "evidence", "reading"]
 
 
 FIELDS = ("task", "seed", "start", "target", "variant")  # what names a prediction (start, target: None unmasked)
@@ -131,46 +131,59 @@ def sparsity_to_reach(results: pd.DataFrame, share: float = 0.95, variant: str =
 
 
 def _groups(result: SingleTask, task: str, start: str, target: float) -> list[tuple]:
-    """One bootstrap group per seed of ``task``: (graft, fine-tuned, zero-shot, random, labels) test arrays."""
+    """One bootstrap group per seed of ``task``: whether each test example is right under the graft,
+    the fine-tuned model, zero-shot, the random and the top-movement masks of the graft's size."""
     grafts = result.probs.find(task=task, start=start, variant="graft") if start == "grow" else \
         result.probs.find(task=task, start=start, target=target, variant="graft")
     groups = []
     for name, graft in grafts:
         seed, tgt = name["seed"], name["target"]
         model = lambda variant: result.probs.get(task=task, seed=seed, start=None, target=None, variant=variant)
-        groups.append((graft.probs, model("fine-tuned").probs, model("zero-shot").probs,
-                       result.probs.get(task=task, seed=seed, start=start, target=tgt, variant="random").probs,
-                       graft.labels))
+        masked = lambda variant: result.probs.get(task=task, seed=seed, start=start, target=tgt, variant=variant)
+        top = masked("top-movement").probs if result.probs.find(task=task, seed=seed, start=start, target=tgt,
+                                                                 variant="top-movement") else graft.probs
+        groups.append(verdicts.correctness((graft.probs, model("fine-tuned").probs, model("zero-shot").probs,
+                                            masked("random").probs, top, graft.labels)))
     return groups
 
 
-def _c1_intervals(groups: list[tuple], **kw) -> dict:
-    return {
-        "gain": verdicts.accuracy_interval(groups, lambda g, f, z, r: f - z, **kw),
-        "recovery": verdicts.accuracy_interval(groups, lambda g, f, z, r: g / f, **kw),
-        "normalized": verdicts.accuracy_interval(groups, lambda g, f, z, r: (g - z) / (f - z) if f != z else np.nan, **kw),
-        "vs_random": verdicts.accuracy_interval(groups, lambda g, f, z, r: g - r, **kw)}
+def _c1_stat(groups: list[tuple]) -> list[float]:
+    """One task's accuracies, each a mean over its seeds (graft, fine-tuned, zero-shot, random, top
+    movement), and its recovery graft / fine-tuned."""
+    g, f, z, r, t = (float(np.mean([grp[i].mean() for grp in groups])) for i in range(5))
+    return [g, f, z, r, t, g / f if f > 0 else np.nan]
+
+
+def _c1_finish(m: np.ndarray) -> dict:
+    """The estimands from the mean over tasks of :func:`_c1_stat`: the recovery is the mean of the tasks'
+    recoveries; the share of the gain kept is the mean graft − zero-shot over the mean gain (each task
+    weighing the same, and no division by one task's tiny gain)."""
+    g, f, z, r, t, rec = m
+    return {"gain": f - z, "recovery": rec, "normalized": (g - z) / (f - z) if f != z else np.nan,
+            "vs_random": g - r, "vs_top": g - t}
+
+
+def _units(result: SingleTask, start: str, target: float, tasks) -> dict:
+    return {t: g for t in tasks if (g := _groups(result, t, start, target))}
 
 
 def intervals(result: SingleTask, start: str, target: float, **kw) -> dict[str, dict]:
-    """Per task, the bootstrap intervals C1 is judged on (:func:`rule`): gain of
-    fine-tuning over zero-shot, recovery, share of the gain kept, graft − random of its size."""
+    """Per task, the bootstrap intervals C1 is judged on (:func:`rule`; each task alone: its seeds and
+    test examples resampled): gain of fine-tuning over zero-shot, recovery, share of the gain kept, graft
+    − random and graft − top movement of its size."""
     def compute():
-        out = {}
-        for task in sorted(result.probs.values("task")):
-            groups = _groups(result, task, start, target)
-            if groups:
-                out[task] = _c1_intervals(groups, **kw)
-        return out
+        units = _units(result, start, target, sorted(result.probs.values("task")))
+        return verdicts.per_unit(_c1_stat, units, _c1_finish, **kw)
     return verdicts.memo(result, ("c1", start, target, tuple(sorted(kw.items()))), compute)
 
 
 def pooled_intervals(result: SingleTask, start: str, target: float, tasks: list[str], **kw) -> dict | None:
-    """The same intervals over ``tasks`` pooled (each task × seed one bootstrap group; accuracies over
-    all their test examples), for :func:`rule`; None for no task."""
+    """The same intervals pooled over ``tasks`` (:func:`skillgraft.verdicts.hierarchical`: each task weighs
+    the same; tasks resampled when there are at least five, then seeds, then test examples), for
+    :func:`rule`; None for no task."""
     def compute():
-        groups = [g for task in tasks for g in _groups(result, task, start, target)]
-        return _c1_intervals(groups, **kw) if groups else None
+        units = _units(result, start, target, tasks)
+        return verdicts.hierarchical(_c1_stat, units, _c1_finish, **kw) if units else None
     return verdicts.memo(result, ("c1 pooled", start, target, tuple(tasks), tuple(sorted(kw.items()))), compute)
 
 
@@ -179,19 +192,38 @@ def tested(tasks: dict[str, dict]) -> list[str]:
     return sorted(t for t, v in tasks.items() if v["gain"].sign > 0)
 
 
+def recovery_part(v: dict) -> str:
+    """C1a: the recovery graft / fine-tuned against the paper's 95% (its interval)."""
+    return (verdicts.HOLDS if v["recovery"].low >= RECOVERY else verdicts.FAILS if v["recovery"].high < RECOVERY
+            else verdicts.INCONCLUSIVE)
+
+
+def kept_part(v: dict) -> str:
+    """C1b: the share of fine-tuning's gain over zero-shot the graft keeps, against half (its interval)."""
+    return verdicts.side(v["normalized"], NORMALIZED)
+
+
+def top_part(v: dict) -> str:
+    """C1c: the graft against the top-movement mask of its own size (its interval against zero): whether the
+    optimization chose better entries than the largest movements."""
+    return verdicts.side(v["vs_top"])
+
+
 def task_rule(v: dict) -> str:
-    """C1 on one task (or a pool of tasks) where fine-tuning gained: recovery ≥ 95% (its interval against
-    95%), the graft ahead of a random mask of its size, and more than half of the gain kept (each
-    interval against its threshold). Holds when all three hold, fails when one fails, else inconclusive."""
-    recovery = (verdicts.HOLDS if v["recovery"].low >= RECOVERY else verdicts.FAILS if v["recovery"].high < RECOVERY
-                else verdicts.INCONCLUSIVE)
-    return verdicts.combine([recovery, verdicts.side(v["vs_random"]), verdicts.side(v["normalized"], NORMALIZED)])
+    """C1 on one task (or a pool of tasks) where fine-tuning gained: recovery ≥ 95% (C1a) and more than
+    half of the gain kept (C1b; a recovery near 95% says little where zero-shot is already close), each
+    interval against its threshold. Holds when both hold, fails when one fails, else inconclusive. The
+    graft against top movement of its size (C1c) has its own verdict (:func:`top_part`); a random mask
+    of its size is a sanity line, not a condition."""
+    return verdicts.combine([recovery_part(v), kept_part(v)])
 
 
 def _judged(v: dict) -> Verdict:
-    return Verdict("C1", task_rule(v), (f"recovery {v['recovery'].fmt('.1%')}, share of the gain kept "
-                                        f"{v['normalized'].fmt('.0%')}, graft − random "
-                                        f"{v['vs_random'].fmt('+.1f', 100, ' pt')}",))
+    return Verdict("C1", task_rule(v), (f"recovery {v['recovery'].fmt('.1%')}: {recovery_part(v)}; share of the "
+                                        f"gain kept {v['normalized'].fmt('.0%')}: {kept_part(v)}",
+                                        f"C1c, graft − top movement of its size "
+                                        f"{v['vs_top'].fmt('+.1f', 100, ' pt')}: {top_part(v)}; graft − random "
+                                        f"{v['vs_random'].fmt('+.1f', 100, ' pt')} (a sanity line)"))
 
 
 def task_verdicts(tasks: dict[str, dict]) -> dict[str, Verdict]:
@@ -242,7 +274,8 @@ def by_task(result: SingleTask, start: str, target: float, **kw) -> pd.DataFrame
                          seeds=on.seed.nunique(), fine_tuned=ft.accuracy.mean(), graft=on.accuracy.mean(),
                          mask_size=on.mask_size.mean(), gain=v["gain"].cell("+.1f", 100, " pt"),
                          recovery=v["recovery"].cell(".1%"), kept=v["normalized"].cell(".0%"),
-                         vs_random=v["vs_random"].cell("+.1f", 100, " pt"),
+                         vs_top=v["vs_top"].cell("+.1f", 100, " pt"), vs_random=v["vs_random"].cell("+.1f", 100, " pt"),
+                         top_verdict=top_part(v) if task == "pooled" or task in judged else verdicts.UNTESTABLE,
                          verdict=(task_rule(v) if task == "pooled" else judged[task].verdict if task in judged
                                   else verdicts.UNTESTABLE)))
     return pd.DataFrame(rows)
@@ -259,15 +292,60 @@ def forest(result: SingleTask, start: str, target: float, **kw) -> pd.DataFrame:
                                  task_rule(pool) if pool is not None else verdicts.UNTESTABLE)
 
 
+def _flat(result: SingleTask, start: str, target: float, tasks: list[str], **kw) -> dict:
+    """C1's intervals by the earlier flat scheme (for the robustness table): every task × seed one independent
+    bootstrap group, accuracies over the predictions of all tasks concatenated."""
+    groups = [g for t in tasks for g in _groups(result, t, start, target)]
+    acc = lambda f: verdicts.accuracy_interval(groups, f, scored=True, **kw)
+    return {"gain": acc(lambda g, f, z, r, t: f - z), "recovery": acc(lambda g, f, z, r, t: g / f),
+            "normalized": acc(lambda g, f, z, r, t: (g - z) / (f - z) if f != z else np.nan),
+            "vs_random": acc(lambda g, f, z, r, t: g - r), "vs_top": acc(lambda g, f, z, r, t: g - t)}
+
+
+def robustness(result: SingleTask, start: str, target: float, **kw) -> list[dict]:
+    """C1 and C1c under the primary rule and the reasonable alternatives (:data:`skillgraft.verdicts.ANALYSES`):
+    rows for the results page's robustness table."""
+    per = intervals(result, start, target, **kw)
+    names = tested(per)
+    if not names:
+        return [verdicts.robust_row("C1", "primary", verdicts.UNTESTABLE)]
+    pool = pooled_intervals(result, start, target, names, **kw) if len(names) > 1 else per[names[0]]
+    # the earlier analysis whole: its own test of which tasks gained (flat, task by task), then its pooled intervals
+    gained = [t for t in sorted(result.probs.values("task")) if _groups(result, t, start, target) and verdicts.accuracy_interval(
+        _groups(result, t, start, target), lambda g, f, z, r, t: f - z, scored=True, **kw).sign > 0]
+    flat = _flat(result, start, target, gained, **kw)
+    row = verdicts.robust_row
+    point = verdicts.HOLDS if (pool["recovery"].estimate >= RECOVERY and
+                               pool["normalized"].estimate >= NORMALIZED) else verdicts.FAILS
+    return [row("C1", "primary", task_rule(pool), pool["recovery"], ".1%", 1, ""),
+            row("C1", "point", point, pool["recovery"], ".1%", 1, ""),
+            row("C1", "majority", verdicts.majority([task_rule(per[t]) for t in names])),
+            row("C1", "flat", task_rule(flat), flat["recovery"], ".1%", 1, ""),
+            row("C1c", "primary", top_part(pool), pool["vs_top"]),
+            row("C1c", "point", verdicts.point(pool["vs_top"].estimate), pool["vs_top"]),
+            row("C1c", "majority", verdicts.majority([top_part(per[t]) for t in names])),
+            row("C1c", "flat", top_part(flat), flat["vs_top"])]
+
+
+def pooled_vs_top(result: SingleTask, start: str, target: float, **kw) -> "verdicts.Interval | None":
+    """C1c's interval, graft − top movement of its size, pooled over the tested tasks (None: no task tests C1)."""
+    per = intervals(result, start, target, **kw)
+    names = tested(per)
+    if not names:
+        return None
+    return (pooled_intervals(result, start, target, names, **kw) if len(names) > 1 else per[names[0]])["vs_top"]
+
+
 def _points(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
-def reading(result: SingleTask, start: str) -> str:
+def reading(result: SingleTask, start: str, vs_top: "verdicts.Interval | None" = None) -> str:
     """What the optimization did, in words written from ``result`` (the grafts of ``start``): the
     sizes the grafts reached from their base patches, how many kept masks differ from the
     top-movement mask of their size, and, per task, the graft against the unoptimized masks of its
-    own final size (mean test accuracy over seeds, in points)."""
+    own final size (mean test accuracy over seeds, in points); with ``vs_top`` (C1c's pooled interval,
+    graft − top movement of its size), what its interval says, never more."""
     g = result.grafts[result.grafts.start == start]
     if g.empty:
         return f"No graft started from {start!r} here."
@@ -282,14 +360,16 @@ def reading(result: SingleTask, start: str) -> str:
              f"from a base patch of {g.base_size.iloc[0]:,} entries to {g['size'].min():,}–{g['size'].max():,}")
     per_task = "; ".join(f"{t}: {_points(r['graft'] - r['top-movement'])} against top movement, "
                          f"{_points(r['graft'] - r['random'])} against random" for t, r in acc.iterrows())
-    gap = (acc["graft"] - acc["top-movement"]).abs().max()
-    ahead = (acc["graft"] - acc["random"]).min()
-    close = ("so on this model the optimization's gain lies in choosing *how many* entries to keep more than "
-             "*which*: the parameters that moved most carry the skill, and a random set of the same size does "
-             "not" if gap < 0.02 and ahead > 0.02 else
-             "so the optimization chose other entries than the largest movements, and they matter"
-             if gap >= 0.02 else "and a random set of the same size does about as well: at this size the "
-             "grafts carry little of the skill")
+    top = verdicts.side(vs_top) if vs_top is not None else None
+    close = "C1c below judges the graft against the largest movements of its size" if vs_top is None else {
+             verdicts.HOLDS: f"over the tested tasks the graft beats the largest movements of its size "
+                             f"({vs_top.fmt('+.1f', 100, ' points')}): the optimization chose better entries",
+             verdicts.FAILS: f"over the tested tasks the largest movements of the graft's size do better "
+                             f"({vs_top.fmt('+.1f', 100, ' points')}) than the entries the optimization chose",
+             verdicts.INCONCLUSIVE: f"over the tested tasks the graft cannot be told from the largest movements of "
+                                    f"its size ({vs_top.fmt('+.1f', 100, ' points')}, C1c inconclusive): the "
+                                    f"optimization's gain lies in how many entries to keep more than in which",
+             }[top]
     return (f"**What the optimization did.** The {len(g)} {start} grafts went {sizes} entries "
             f"({share:.4%} of the graftable parameters on average); "
             f"{moved} of {len(g)} kept masks differ from the top-movement mask of their size. On the test set "
