@@ -298,6 +298,9 @@ def reliability_diagrams(df: pd.DataFrame, ece: Mapping | None = None, title: st
     return fig
 
 
+MAX_COLUMNS = 4  # panels per row of a faceted figure: legible at the book's width
+
+
 def metric_bars(df: pd.DataFrame, metric: str, x: str = "variant", hue: str | None = None,
                 col: str | None = "task", title: str | None = None, sharey: bool = True) -> Figure:
     """Grouped bars of ``metric``: mean over seeds, ±1 sd whiskers, one dot per row (seed).
@@ -314,16 +317,21 @@ def metric_bars(df: pd.DataFrame, metric: str, x: str = "variant", hue: str | No
     x_order = _order(df[x], list(VARIANT_COLORS) if x == "variant" else [])
     panels = _order(df[col]) if col else [None]
     label = _LABELS.get(metric, metric.replace("_", " "))
-    fig, axes = _grid(1, len(panels), title or f"{label} by {x} (bars: mean, whiskers: ±1 sd, dots: seeds)", sharey=sharey)
-    for ax, value in zip(axes[0], panels):
+    n_cols = min(len(panels), MAX_COLUMNS)  # panels wrap into rows, so eight tasks never squeeze into one
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = _grid(n_rows, n_cols, title or f"{label} by {x} (bars: mean, whiskers: ±1 sd, dots: seeds)",
+                      sharey=sharey)
+    for ax, value in zip(axes.ravel(), panels):
         sub = df if value is None else df[df[col] == value]
         common = dict(data=sub, x=x, y=metric, hue=colour_by, order=x_order, hue_order=hue_order, ax=ax)
         sns.barplot(**common, palette=palette, errorbar="sd", capsize=0.1, legend=hue is not None)
         sns.stripplot(**common, palette={h: "black" for h in hue_order}, dodge=hue is not None, size=3,
                       alpha=0.6, legend=False)
-        ax.set(title=f"{col} = {value}" if value is not None else label, xlabel=x, ylabel=label)
+        ax.set(title=str(value) if value is not None else label, xlabel="", ylabel=label)
         ax.tick_params(axis="x", labelrotation=30)
         ax.grid(axis="y", alpha=0.3)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
     _figure_legend(fig, axes)
     return fig
 
