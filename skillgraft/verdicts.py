@@ -151,6 +151,7 @@ ANALYSES = {  # the robustness table's columns: the primary analysis, then the r
     "point": "point estimate only, as the paper reports (no interval)",
     "majority": "majority of units (tasks, sources, sequences), each judged alone",
     "flat": "the earlier flat bootstrap: task × seed groups independent, predictions concatenated across tasks",
+    "all units": "the primary rule on every task (source, sequence), without the precondition that selects them",
 }
 
 

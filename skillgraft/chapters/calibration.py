@@ -179,7 +179,7 @@ def rule_across(per_task: dict[str, tuple], pooled: tuple, gains_: dict[str, Int
     (``per_task``) tallied beside it (:func:`skillgraft.verdicts.across`). A task tests C2 only where
     fine-tuning beat zero-shot (its ``gains_`` interval above zero)."""
     names = [t for t in per_task if gains_[t].sign > 0]
-    untested = {t: "fine-tuning did not beat zero-shot: no skill to keep" for t in per_task if t not in names}
+    untested = {t: "fine-tuning's gain over zero-shot is not clearly above zero (its interval reaches zero): no skill to keep" for t in per_task if t not in names}
     return verdicts.across("C2", rule(*pooled) if names else None, {t: rule(*per_task[t]) for t in names}, untested)
 
 
@@ -218,12 +218,14 @@ def robustness(cal: Calibration, n_bins: int = 10, **kw) -> list[dict]:
               for k, graft in cal.probs.find(variant="graft") if k["task"] in gained]
     flat_red, flat_gap = verdicts.ece_reduction(groups, n_bins, **kw), verdicts.ece_gap(groups, n_bins, **kw)
     point = verdicts.HOLDS if red.estimate >= ECE_REDUCTION and gap.estimate > 0 else verdicts.FAILS
+    every = intervals(cal, n_bins, tasks=list(g), **kw)
     row = verdicts.robust_row
     return [row("C2", "primary", rule(red, gap).verdict, red, ".0%", 1, ""),
             row("C2", "point", point, red, ".0%", 1, ""),
             row("C2", "majority", verdicts.majority([rule(*intervals(cal, n_bins, tasks=[t], **kw)).verdict
                                                       for t in names])),
-            row("C2", "flat", rule(flat_red, flat_gap).verdict, flat_red, ".0%", 1, "")]
+            row("C2", "flat", rule(flat_red, flat_gap).verdict, flat_red, ".0%", 1, ""),
+            row("C2", "all units", rule(*every).verdict, every[0], ".0%", 1, "")]
 
 
 def reading(cal: Calibration, reduction: Interval | None, gap: Interval | None, ts_reduction: Interval | None) -> str:

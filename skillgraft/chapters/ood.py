@@ -212,11 +212,13 @@ def robustness(result: OOD, **kw) -> list[dict]:
         return [verdicts.robust_row("C3", "primary", verdicts.UNTESTABLE)]
     overall, per_target, head = pool
     flat, flat_head = _flat(result, room, **kw)
+    every = intervals(result, sorted(per), **kw)
     row = verdicts.robust_row
     return [row("C3", "primary", rule(overall, per_target, head).verdict, overall),
             row("C3", "point", verdicts.point(overall.estimate), overall),
             row("C3", "majority", verdicts.majority([rule(*per[s]).verdict for s in room])),
-            row("C3", "flat", rule(flat, per_target, flat_head).verdict, flat)]
+            row("C3", "flat", rule(flat, per_target, flat_head).verdict, flat),
+            row("C3", "all units", verdicts.side(every[0]), every[0])]
 
 
 def rule_across(per_source: dict[str, tuple], pooled: tuple | None) -> Verdict:

@@ -241,7 +241,7 @@ def rule(tasks: dict[str, dict], pooled: dict | None = None) -> Verdict:
     :func:`task_rule` on the pooled intervals; each tested task's own verdict is tallied beside it
     (:func:`skillgraft.verdicts.across`); not testable here when no task gained."""
     names = tested(tasks)
-    untested = {t: "fine-tuning did not beat zero-shot: no gain to recover" for t in sorted(set(tasks) - set(names))}
+    untested = {t: "fine-tuning's gain over zero-shot is not clearly above zero (its interval reaches zero): no gain to recover" for t in sorted(set(tasks) - set(names))}
     if len(names) == 1:
         pooled = tasks[names[0]]
     elif names and pooled is None:
@@ -314,6 +314,7 @@ def robustness(result: SingleTask, start: str, target: float, **kw) -> list[dict
     gained = [t for t in sorted(result.probs.values("task")) if _groups(result, t, start, target) and verdicts.accuracy_interval(
         _groups(result, t, start, target), lambda g, f, z, r, t: f - z, scored=True, **kw).sign > 0]
     flat = _flat(result, start, target, gained, **kw)
+    every = pooled_intervals(result, start, target, sorted(per), **kw) if len(per) > 1 else pool
     row = verdicts.robust_row
     point = verdicts.HOLDS if (pool["recovery"].estimate >= RECOVERY and
                                pool["normalized"].estimate >= NORMALIZED) else verdicts.FAILS
@@ -321,10 +322,12 @@ def robustness(result: SingleTask, start: str, target: float, **kw) -> list[dict
             row("C1", "point", point, pool["recovery"], ".1%", 1, ""),
             row("C1", "majority", verdicts.majority([task_rule(per[t]) for t in names])),
             row("C1", "flat", task_rule(flat), flat["recovery"], ".1%", 1, ""),
+            row("C1", "all units", task_rule(every), every["recovery"], ".1%", 1, ""),
             row("C1c", "primary", top_part(pool), pool["vs_top"]),
             row("C1c", "point", verdicts.point(pool["vs_top"].estimate), pool["vs_top"]),
             row("C1c", "majority", verdicts.majority([top_part(per[t]) for t in names])),
-            row("C1c", "flat", top_part(flat), flat["vs_top"])]
+            row("C1c", "flat", top_part(flat), flat["vs_top"]),
+            row("C1c", "all units", top_part(every), every["vs_top"])]
 
 
 def pooled_vs_top(result: SingleTask, start: str, target: float, **kw) -> "verdicts.Interval | None":
