@@ -146,8 +146,24 @@ def _check_model(name: str, value, params: dict) -> None:
 
 
 def _check_device(name: str, value, params: dict) -> None:
+    """cpu and auto run anywhere; cuda (or cuda:N) only where torch sees that GPU: refused here, before a kernel
+    starts, rather than failing inside it."""
     from .models import resolve_device
-    if str(value) != "auto" and not str(value).startswith("cuda"):
+    text = str(value)
+    if text.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = text.partition(":")[2]
+        if count == 0:
+            build = "a CPU build of torch" if torch.version.cuda is None else "no CUDA device visible"
+            raise UsageError(f"parameter 'device': {text!r} asks for a GPU, and this machine has none that torch can "
+                             f"use ({build}); accepted here: cpu, auto")
+        if index and (not index.isdigit() or int(index) >= count):
+            raise UsageError(f"parameter 'device': {text!r}: this machine has {count} CUDA device(s); accepted here: "
+                             f"cpu, auto, cuda, " + ", ".join(f"cuda:{i}" for i in range(count)))
+        return
+    if text != "auto":
         try:
             resolve_device(value)
         except (RuntimeError, ValueError) as err:

@@ -18,7 +18,11 @@ def test_every_notebook_has_a_paper_scale_file():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_paper_scale_file_passes_the_dry_run(config, capsys, monkeypatch):
+    import torch
+
     monkeypatch.delenv("HF_HUB_OFFLINE")  # as for a reader with internet: the hub model is not checked here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on the GPU machine the files are for
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert cli.main(["run", config.stem, "-f", str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "parameters OK" in out and "roberta-base" in out
@@ -79,6 +83,11 @@ def test_documented_run_commands_pass_the_dry_run(line, capsys, monkeypatch):
     import shlex
 
     monkeypatch.delenv("HF_HUB_OFFLINE")  # the paper-scale commands are for readers with internet
+    if "cuda" in line or "paper_scale" in line:  # and for a machine with a GPU
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
 
     args = shlex.split(line)[1:]
     args = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
@@ -117,3 +126,17 @@ def test_dry_run_rejects_a_model_it_cannot_load(tmp_path, capsys, monkeypatch):
     assert "has no config.json" in capsys.readouterr().err
     assert cli.main(["run", "01", "-p", "model", "a b/c d", "--dry-run"]) == 2
     assert "unknown model 'a b/c d'; accepted: an embedded model (smollm2-135m)" in capsys.readouterr().err
+
+
+def test_a_gpu_that_is_not_there_is_refused_before_any_kernel_starts(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["run", "01", "-p", "device", "cuda", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "parameter 'device': 'cuda' asks for a GPU" in err and "accepted here: cpu, auto" in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert cli.main(["run", "01", "-p", "device", "cuda:3", "--dry-run"]) == 2
+    assert "has 1 CUDA device(s); accepted here: cpu, auto, cuda, cuda:0" in capsys.readouterr().err

@@ -7,12 +7,18 @@
 - The page ``book/execution``: per chapter, when its committed outputs were executed, how
   long that took and the parameters it ran with, read from the notebooks' papermill
   metadata at build time (so the page cannot disagree with the notebooks).
+- The compendium's own source: an archive of the commit the book was built from (``git archive``:
+  the package, the notebooks with their outputs, ``results/``), written beside the pages as
+  ``_static/skillgraft-<commit>.tar.gz``; the pages that say ``<!-- source archive -->`` link it with
+  its sha256, and ``<!-- commit -->`` becomes the full commit (the software citation carries it).
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -39,6 +45,35 @@ def build_footer() -> str:
     return f"skillgraft {_version()} · built from commit {commit}{dirty} on {date} (UTC)"
 
 
+def source_archive(folder: Path) -> dict | None:
+    """The compendium at the built commit as ``folder/skillgraft-<commit>.tar.gz`` (``git archive``: every tracked
+    file, so the source, the notebooks with their outputs and ``results/``), with its name, sha256 and commit; None
+    outside a git checkout. Uncommitted changes are not in it (:func:`source_links` says so)."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    name = f"skillgraft-{commit[:12]}.tar.gz"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    with open(path, "wb") as out:
+        subprocess.run(["git", "archive", "--format=tar.gz", f"--prefix=skillgraft-{commit[:12]}/", commit], cwd=ROOT,
+                       stdout=out, check=True)
+    return {"name": name, "path": path, "commit": commit,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size,
+            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def source_links(archive: dict | None) -> str:
+    """The sentence a page shows for ``<!-- source archive -->``: a link to the archive, its size and sha256."""
+    if archive is None:
+        return "(this copy of the book was built outside a git checkout: it carries no source archive)"
+    note = (" It holds the commit; this copy of the book was built with local changes on top of it, which the "
+            "archive does not hold." if archive["dirty"] else "")
+    return (f'<a href="../_static/{archive["name"]}" download>{archive["name"]}</a> '
+            f'({archive["bytes"] / 1e6:.1f} MB, sha256 `{archive["sha256"]}`): the compendium at commit '
+            f'`{archive["commit"]}`, its package, notebooks with their outputs and published results.{note}')
+
+
 def execution_table() -> str:
     rows = ["| chapter | executed (UTC) | duration | code cells | parameters changed from the defaults |",
             "|---|---|---|---|---|"]
@@ -61,7 +96,17 @@ def parameter_table(chapter: str) -> str:
     return schema_table(ROOT / "notebooks" / f"{chapter}.ipynb") + "\n"
 
 
+def _archive(app) -> dict | None:
+    if not hasattr(app.env, "_skillgraft_archive"):
+        app.env._skillgraft_archive = source_archive(Path(app.outdir).parent / "archive")
+    return app.env._skillgraft_archive
+
+
 def _source_read(app, docname: str, source: list[str]) -> None:
+    if "<!-- source archive -->" in source[0] or "<!-- commit -->" in source[0]:
+        archive = _archive(app)
+        source[0] = source[0].replace("<!-- source archive -->", source_links(archive))
+        source[0] = source[0].replace("<!-- commit -->", archive["commit"] if archive else "unknown")
     if docname == "book/execution":
         source[0] = source[0].replace("<!-- execution table -->", execution_table())
     if docname == "book/rerunning":
@@ -73,7 +118,16 @@ def _page_context(app, pagename, templatename, context, doctree) -> None:
     context["theme_extra_footer"] = f"<p>{footer}</p>"
 
 
+def _build_finished(app, exception) -> None:
+    archive = getattr(app.env, "_skillgraft_archive", None) if app.env is not None else None
+    if exception is None and archive is not None:
+        target = Path(app.outdir) / "_static" / archive["name"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(archive["path"], target)
+
+
 def setup(app):
+    app.connect("build-finished", _build_finished)
     app.connect("html-page-context", _page_context)
     app.connect("source-read", _source_read)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
