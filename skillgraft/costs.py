@@ -16,7 +16,7 @@ import pandas as pd
 
 from .published import Published
 
-__all__ = ["chain_name", "entry_costs", "chain_costs", "report"]
+__all__ = ["chain_name", "entry_costs", "chain_costs", "page_cost", "report"]
 
 KINDS = {"delta": "fine-tune", "mask": "masks", "probs": "predictions"}
 
@@ -91,6 +91,23 @@ def chain_costs(entries: pd.DataFrame) -> pd.DataFrame:
     table["steps"] = entries.groupby("chain").size()
     table["untimed"] = entries.assign(untimed=entries.seconds.isna()).groupby("chain").untimed.sum()
     return table.reset_index().sort_values("total", ascending=False).reset_index(drop=True)
+
+
+def page_cost(root: str | Path, page: str) -> dict | None:
+    """What a book page's defaults cost computed from nothing, from the published steps it resolves: the summed
+    seconds, the steps and how many have no recorded time, and per chain (a fine-tune with its grafts and
+    predictions) the median and the largest, with the largest's name; None if the page is not published."""
+    layer = Published(root)
+    page_entries = set(layer.manifest.get("chapters", {}).get(page, {}).get("entries", []))
+    if not page_entries:
+        return None
+    entries = entry_costs(root)
+    mine = entries[entries.name.isin(page_entries)]
+    chains = mine[mine.chain != "zero-shot"].groupby("chain").seconds.sum(min_count=1).dropna()
+    return {"seconds": float(mine.seconds.sum()), "steps": len(mine), "untimed": int(mine.seconds.isna().sum()),
+            "chain_median": float(chains.median()) if len(chains) else math.nan,
+            "chain_max": float(chains.max()) if len(chains) else math.nan,
+            "largest": str(chains.idxmax()) if len(chains) else ""}
 
 
 def report(root: str | Path) -> str:

@@ -156,10 +156,38 @@ def regime(result, grafts_moved: bool = True) -> None:
               f"{int((~g.equals_top_movement).sum())} of {len(g)}")
 
 
-def ran() -> None:
-    """Print how long the chapter took since :func:`setup`."""
+def ran(page: str | None = None) -> None:
+    """Print how long the chapter took since :func:`setup` (warm: what this execution read or computed) and, for
+    a book ``page``, what its defaults cost computed from nothing: the published steps it resolves, their
+    recorded wall times summed (:func:`skillgraft.costs.page_cost`)."""
     print(f"this chapter ran in {elapsed() / 60:.1f} min "
           f"(fine-tuning, grafts and predictions come from the cache when their settings were computed before)")
+    print(cost_sentence(page) if page else "", end="\n" if page else "")
+
+
+def cost_sentence(page: str, root: str | Path | None = None) -> str:
+    """What rerunning ``page``'s defaults costs from nothing, in words, from the published step costs; empty where
+    nothing is published."""
+    from .costs import page_cost
+    from .published import Published, default_root
+
+    root = Path(root) if root is not None else default_root()
+    if root is None or not (root / "MANIFEST.json").is_file():
+        return ""
+    cost = page_cost(root, page)
+    if cost is None:
+        return ""
+    where = Published(root).manifest.get("machine", {})
+    threads = Published(root).threads
+    on = f"{where.get('cpu', 'a CPU')}, {threads} torch threads" if threads else "the machine that published them"
+    n = cost["untimed"]
+    untimed = f", {n} of which {'has' if n == 1 else 'have'} no recorded time" if n else ""
+    chains = (f"; one chain, a fine-tune with the grafts and predictions made from it, took "
+              f"{cost['chain_median'] / 60:.0f} min at the median and {cost['chain_max'] / 60:.0f} min at most "
+              f"({cost['largest']})" if cost["chain_max"] == cost["chain_max"] else "")
+    return (f"computed from nothing, its defaults cost {'at least' if n else 'about'} {cost['seconds'] / 3600:.1f} h of "
+            f"compute ({on}): the summed recorded times of the {cost['steps']} published steps it resolves{untimed}"
+            f"{chains}")
 
 
 def glue_verdicts(claim: str, verdict: str, frame=None, by: str = "task") -> None:

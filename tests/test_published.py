@@ -282,6 +282,15 @@ def test_published_entries_keep_what_each_step_cost_and_the_report_charges_it_to
     page = json.loads((root / pub.MANIFEST).read_text())["chapters"]["01_single_task_grafting"]["entries"]
     assert f"The book's pages resolve {len(page)} of these steps" in text
     assert f"takes {sum(timed[n] for n in page) / 3600:.2f} h of wall time at these costs." in text
+    # what a chapter states of its own cost: the page's steps summed, per chain the median and the largest
+    cost = costs.page_cost(root, "01_single_task_grafting")
+    assert cost["seconds"] == pytest.approx(sum(timed[n] for n in page)) and cost["steps"] == len(page)
+    per_chain = chains[chains.chain != "zero-shot"].set_index("chain").total * 60
+    assert cost["chain_max"] == pytest.approx(per_chain.max()) and cost["largest"] == per_chain.idxmax()
+    assert costs.page_cost(root, "02_calibration") is None
+    from skillgraft import notebook
+    sentence = notebook.cost_sentence("01_single_task_grafting", root)
+    assert sentence.startswith("computed from nothing, its defaults cost about") and f"the {len(page)} published" in sentence
 
 
 def test_the_cost_report_names_a_chain_by_its_fine_tune_and_what_of_its_trainer_differs():

@@ -39,6 +39,13 @@ def test_single_task_reading_says_what_c1cs_interval_says():
     assert "No graft" in single_task.reading(_single(0.89, 0.8, 0.6), "refine")
 
 
+def test_the_starts_sentence_follows_which_start_won():
+    assert single_task.starts_sentence("grow", "grow").startswith("the chapters' start, grow, has the higher")
+    other = single_task.starts_sentence("refine", "grow")
+    assert "refine has the higher" in other and "not the chapters' start (grow)" in other
+    assert single_task.starts_sentence(None, "grow").startswith("only one start ran")
+
+
 def test_evidence_counts_tasks_families_and_seeds():
     assert common.evidence(["mr", "sms", "mr"], [13, 21, 42], 200) == (
         "2 tasks in 2 families: mr (sentiment), sms (spam); 3 data seeds; 200 test examples per task")

@@ -380,6 +380,18 @@ def reading(result: SingleTask, start: str, vs_top: "verdicts.Interval | None" =
             f"{per_task}; {close}.")
 
 
+def starts_sentence(best: str | None, default: str) -> str:
+    """What :func:`compare_starts`' winner says of the chapters' start, in words conditioned on both."""
+    if best is None:
+        return "only one start ran here: no comparison of starts"
+    if best == default:
+        return (f"the chapters' start, {default}, has the higher mean train + dev accuracy of its kept masks on the "
+                f"seeds where both ran")
+    return (f"on the seeds where both ran, {best} has the higher mean train + dev accuracy of its kept masks, not the "
+            f"chapters' start ({default}); that start was chosen on dev data before these tasks ran (the analysis "
+            f"plan's change log) and is not changed after the results were seen")
+
+
 def compare_starts(result: SingleTask) -> tuple[pd.DataFrame, str | None]:
     """The two starts on the seeds where both ran: per start, the mean size, entries added and
     removed, and train, dev and train + dev accuracy of the kept masks (the official selection
