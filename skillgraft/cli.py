@@ -29,6 +29,29 @@ from .parameters import (UsageError, add_run_arguments, check_parameters, list_n
                          notebook_parameters, parse_params, repo_root, resolve_notebook)
 
 
+def _kernel_manager():
+    """The kernel manager papermill starts a chapter's kernel with: on POSIX, over IPC sockets in the temporary
+    folder, so that no port is opened and the kernel has no reason to warn of unencrypted TCP; elsewhere
+    jupyter_client's default (TCP)."""
+    import tempfile
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc" if os.name == "posix" else "tcp"
+
+        @default("ip")
+        def _default_ip(self):  # for IPC: the sockets' path prefix (removed when the kernel shuts down)
+            if os.name != "posix":
+                return "127.0.0.1"
+            return os.path.join(tempfile.gettempdir(), f"skillgraft-kernel-{uuid.uuid4().hex[:12]}")
+    return IPCKernelManager
+
+
 def execute(path: Path, output: Path, params: dict, cwd: Path | None = None) -> Path:
     """Run a notebook with papermill; the output appears only if execution succeeded."""
     import papermill as pm
@@ -43,7 +66,7 @@ def execute(path: Path, output: Path, params: dict, cwd: Path | None = None) -> 
     try:                    # holds a variable the caller had set: see kernel_environment)
         with atomic(output) as tmp, Watcher(path.stem):  # which fine-tune, graft or prediction runs, how far along
             pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(cwd or path.parent),
-                                kernel_name="python3", progress_bar=False)
+                                kernel_name="python3", progress_bar=False, kernel_manager_class=_kernel_manager())
     finally:
         for k in env:
             os.environ.pop(k, None)

@@ -143,3 +143,18 @@ def test_bf16_on_a_cpu_without_it_is_said(monkeypatch):
     assert machine.bf16_note({"precision": "bf16", "device": "cuda"}) is None
     monkeypatch.setattr(machine, "native_bf16", lambda: True)
     assert machine.bf16_note({"precision": "bf16", "device": "cpu"}) is None
+
+
+def test_a_notebook_runs_its_kernel_without_the_unencrypted_tcp_warning(tmp_path, capfd):
+    """Kernels start over IPC sockets: the run prints no "running over TCP without encryption" warning."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell("print(x + 1)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source, out = tmp_path / "t.ipynb", tmp_path / "o.ipynb"
+    nbformat.write(nb, source)
+    cli.execute(source, out, {"x": 41})
+    printed = capfd.readouterr()
+    assert "without encryption" not in printed.err + printed.out
+    assert nbformat.read(out, 4).cells[-1].outputs[0]["text"] == "42\n"
