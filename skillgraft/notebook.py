@@ -199,8 +199,12 @@ def glue_verdicts(claim: str, verdict: str, frame=None, by: str = "task") -> Non
 
     rows = [] if frame is None else [{"claim": claim, "task": str(t), "verdict": str(v)}
                                      for t, v in zip(frame[by], frame["verdict"]) if t != "pooled"]
+    counts = {}
+    for row in rows:
+        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
     rows.append({"claim": claim, "task": VERDICT_COLUMN, "verdict": str(verdict)})
     glue(f"{claim.lower()}_matrix", json.dumps(rows), display=False)
+    glue(f"{claim.lower()}_tally", ", ".join(f"{v} {n}" for v, n in counts.items()) or "—", display=False)
 
 
 def glue_robustness(rows: list[dict]) -> None:
@@ -209,7 +213,13 @@ def glue_robustness(rows: list[dict]) -> None:
     (:func:`robustness_table`)."""
     from myst_nb import glue
 
-    glue(f"{rows[0]['claim'][:2].lower()}_robustness", json.dumps(rows), display=False)
+    claim = rows[0]["claim"][:2].lower()
+    glue(f"{claim}_robustness", json.dumps(rows), display=False)
+    primary = rows[0]
+    estimate = primary["estimand"] if primary["estimate"] == "—" else \
+        f"{primary['estimand'].split(';')[0]} {primary['estimate']}" + (
+            f";{primary['estimand'].split(';', 1)[1]}" if ";" in primary["estimand"] else "")
+    glue(f"{claim}_primary", estimate or "—", display=False)
 
 
 def robustness_table(root: str | Path | None = None):

@@ -156,10 +156,10 @@ ANALYSES = {  # the robustness table's columns: the primary analysis, then the r
 
 
 def robust_row(claim: str, analysis: str, verdict: str, interval: "Interval | None" = None, spec: str = "+.1f",
-               scale: float = 100, unit: str = " pt", note: str = "") -> dict:
+               scale: float = 100, unit: str = " pt", note: str = "", estimand: str = "") -> dict:
     """One row of a claim's robustness table: which analysis (a key of :data:`ANALYSES`, or a claim's own
-    alternative named in ``note``), its verdict and the estimate it rests on."""
-    return {"claim": claim, "analysis": analysis, "verdict": verdict, "note": note,
+    alternative named in ``note``), its verdict and the estimate it rests on (``estimand``: what that number is)."""
+    return {"claim": claim, "analysis": analysis, "verdict": verdict, "note": note, "estimand": estimand,
             "estimate": interval.fmt(spec, scale, unit) if interval is not None else "—"}
 
 

@@ -334,7 +334,8 @@ def robustness(results: list[Continual], method: str = "graft (task known)", **k
     bwt, acc, forgot = pool
     flat_bwt, flat_acc = _flat(tested, method, **kw)
     row = verdicts.robust_row
-    return [row("C5", "primary", rule(bwt, acc, forgot).verdict, acc),
+    return [row("C5", "primary", rule(bwt, acc, forgot).verdict, acc,
+                estimand="final average accuracy, graft − sequential"),
             row("C5", "point", verdicts.point(acc.estimate), acc),
             row("C5", "majority", verdicts.majority([rule(*per[name(r)]).verdict for r in tested])),
             row("C5", "flat", rule(flat_bwt, flat_acc, forgot).verdict, flat_acc),

@@ -214,7 +214,8 @@ def robustness(result: OOD, **kw) -> list[dict]:
     flat, flat_head = _flat(result, room, **kw)
     every = intervals(result, sorted(per), **kw)
     row = verdicts.robust_row
-    return [row("C3", "primary", rule(overall, per_target, head).verdict, overall),
+    return [row("C3", "primary", rule(overall, per_target, head).verdict, overall,
+                estimand="graft − fine-tuned accuracy on the shifted targets"),
             row("C3", "point", verdicts.point(overall.estimate), overall),
             row("C3", "majority", verdicts.majority([rule(*per[s]).verdict for s in room])),
             row("C3", "flat", rule(flat, per_target, flat_head).verdict, flat),

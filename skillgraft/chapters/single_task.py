@@ -318,12 +318,13 @@ def robustness(result: SingleTask, start: str, target: float, **kw) -> list[dict
     row = verdicts.robust_row
     point = verdicts.HOLDS if (pool["recovery"].estimate >= RECOVERY and
                                pool["normalized"].estimate >= NORMALIZED) else verdicts.FAILS
-    return [row("C1", "primary", task_rule(pool), pool["recovery"], ".1%", 1, ""),
+    return [row("C1", "primary", task_rule(pool), pool["recovery"], ".1%", 1, "",
+                estimand=f"recovery; share of the gain kept {pool['normalized'].fmt('.0%')}"),
             row("C1", "point", point, pool["recovery"], ".1%", 1, ""),
             row("C1", "majority", verdicts.majority([task_rule(per[t]) for t in names])),
             row("C1", "flat", task_rule(flat), flat["recovery"], ".1%", 1, ""),
             row("C1", "all units", task_rule(every), every["recovery"], ".1%", 1, ""),
-            row("C1c", "primary", top_part(pool), pool["vs_top"]),
+            row("C1c", "primary", top_part(pool), pool["vs_top"], estimand="graft − top movement of its size"),
             row("C1c", "point", verdicts.point(pool["vs_top"].estimate), pool["vs_top"]),
             row("C1c", "majority", verdicts.majority([top_part(per[t]) for t in names])),
             row("C1c", "flat", top_part(flat), flat["vs_top"]),
