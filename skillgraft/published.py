@@ -66,7 +66,11 @@ def default_root() -> Path | None:
 
 
 def machine() -> dict:
-    """The machine an entry was computed on, as far as it decides the bits: CPU model and torch."""
+    """The machine an entry was computed on, as far as it decides the bits: CPU model and torch, and the numerics
+    fingerprint with what stands beside it (:func:`skillgraft.numerics.describe`: vendor, torch's CPU capability,
+    BLAS)."""
+    from .numerics import describe
+
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -75,7 +79,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "arch": platform.machine(), "torch": torch.__version__}
+    return {"cpu": cpu, "arch": platform.machine(), "torch": torch.__version__, **describe()}
 
 
 def with_threads(recipe, threads: int):

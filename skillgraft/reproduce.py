@@ -209,9 +209,10 @@ def _compare(resolved: dict, layer: pub.Published, store, threads: int) -> tuple
     """(published name -> sha256, differences, entries compared bit for bit, the largest gaps of
     :func:`skillgraft.publishing.gaps`) of a part's entries.
     An entry is compared with the published one of its key: bit for bit where that was published
-    from this CPU model, torch and thread count; elsewhere within the tolerance, and an entry whose
+    with this machine's numerics fingerprint and thread count (:func:`skillgraft.publishing.exactness`; for an
+    entry without one, from this CPU model, torch and thread count); elsewhere within the tolerance, and an entry whose
     key another CPU's numbers moved is compared with its twin (:func:`_twins`)."""
-    from .publishing import Difference, _compare as compare, gaps
+    from .publishing import Difference, _compare as compare, exactness, gaps
 
     here = pub.machine()
     shas, differences, exact_count, largest = {}, [], 0, {}
@@ -239,7 +240,7 @@ def _compare(resolved: dict, layer: pub.Published, store, threads: int) -> tuple
             differences.append(Difference(f"{recipe.label()} ({name})", "is not in the reproduction's store"))
             continue
         made = body.get("provenance", {})
-        exact = (made.get("cpu"), made.get("torch"), made.get("threads")) == (here["cpu"], here["torch"], threads)
+        exact, _ = exactness(made, here, threads)
         if exact and name != layer.name(recipe, threads):
             differences.append(Difference(f"{recipe.label()} ({layer.name(recipe, threads)})",
                                           "is not published under its key on the machine kind it was published from"))

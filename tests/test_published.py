@@ -155,7 +155,7 @@ def test_the_spot_check_passes_then_fails_on_a_tampered_value(tmp_path, params):
         assert publishing.spot_check(root, chain=1, params=params) == []
     real = pub.machine
     with torch_threads(2), pytest.MonkeyPatch.context() as mp:  # another CPU: compared within the tolerance
-        mp.setattr(pub, "machine", lambda: {**real(), "cpu": "another CPU"})
+        mp.setattr(pub, "machine", lambda: {**real(), "cpu": "another CPU", "fingerprint": "0" * 16})
         assert publishing.spot_check(root, chain=1, params=params) == []
     layer = pub.Published(root)
     lab = _lab(params, root, tmp_path / "s", threads=2)

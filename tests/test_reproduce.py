@@ -140,7 +140,7 @@ def test_on_another_cpu_a_step_whose_key_moved_is_compared_with_its_twin(tmp_pat
     assert all("not published under its key on the machine kind it was published from" in str(d) for d in differences)
     assert reproduce.ledger(root)["parts"] == {}
     real = pub.machine
-    monkeypatch.setattr(pub, "machine", lambda: {**real(), "cpu": "another CPU"})
+    monkeypatch.setattr(pub, "machine", lambda: {**real(), "cpu": "another CPU", "fingerprint": "0" * 16})
     with torch_threads(2):
         assert reproduce.reproduce(root, tmp_path / "reproduce", [part], io.StringIO()) == []
     record = reproduce.ledger(root)["parts"]["mr"]
