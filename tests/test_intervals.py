@@ -16,12 +16,12 @@ from skillgraft.chapters.predictions import Predictions
 N = 40
 
 
-def right_on(share: float, confidence: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-    """Two-class probabilities, ``confidence`` on the label for the first ``share`` of N examples,
+def right_on(share: float, confidence: float = 0.9, n: int = N) -> tuple[np.ndarray, np.ndarray]:
+    """Two-class probabilities, ``confidence`` on the label for the first ``share`` of ``n`` examples,
     on the other class for the rest; labels all 0."""
-    correct = np.arange(N) < round(share * N)
+    correct = np.arange(n) < round(share * n)
     p0 = np.where(correct, confidence, 1 - confidence)
-    return np.stack([p0, 1 - p0], axis=1), np.zeros(N, dtype=int)
+    return np.stack([p0, 1 - p0], axis=1), np.zeros(n, dtype=int)
 
 
 def typed(chapter, probs: dict) -> Predictions:

@@ -10,21 +10,11 @@ from skillgraft.chapters import calibration as c02
 from skillgraft.chapters import continual as c05
 from skillgraft.chapters import ood as c03
 from skillgraft.chapters import single_task as c01
-from skillgraft.chapters.predictions import Predictions
+from test_intervals import right_on as _right_on, typed  # the hand-made predictions of the interval tests
 
 
 def right_on(share: float, n: int, confidence: float = 0.9):
-    """Two-class predictions right on the first ``share`` of ``n`` examples, with top-class ``confidence``."""
-    correct = np.arange(n) < round(share * n)
-    p0 = np.where(correct, confidence, 1 - confidence)
-    return np.stack([p0, 1 - p0], axis=1), np.zeros(n, dtype=int)
-
-
-def typed(chapter, probs: dict) -> Predictions:
-    out = Predictions(*chapter.FIELDS)
-    for key, prediction in probs.items():
-        out.add(prediction, **dict(zip(chapter.FIELDS, key)))
-    return out
+    return _right_on(share, confidence, n)
 
 
 def test_c2_pools_per_task_eces_not_one_ece_over_concatenated_predictions():
