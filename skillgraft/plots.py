@@ -105,6 +105,26 @@ def _grid(n_rows: int, n_cols: int, title: str, width: float | None = None, **kw
     return fig, axes
 
 
+def _facets(n: int, title: str, width: float | None = None, **kw) -> tuple[Figure, list]:
+    """A figure of ``n`` panels wrapped into rows of at most :data:`_MAX_COLS` (so eight tasks never squeeze into
+    one row and the text keeps its size at the book's narrowest width); unused cells hidden. Returns the figure
+    and the ``n`` axes in reading order."""
+    n_cols = max(1, min(n, _MAX_COLS))
+    fig, axes = _grid(-(-n // n_cols), n_cols, title, width=width, **kw)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _outer_labels(axes: list, n_cols: int, xlabel: str, ylabel: str) -> None:
+    """Axis labels on the outer panels only: the y label on the first column, the x label on the last row."""
+    n = len(axes)
+    for i, ax in enumerate(axes):
+        ax.set_ylabel(ylabel if i % n_cols == 0 else "")
+        ax.set_xlabel(xlabel if i >= n - n_cols else "")
+
+
 def _figure_legend(fig: Figure, axes) -> None:
     """One legend for the whole figure, below the panels, from the labelled artists of all axes."""
     handles = {}
@@ -213,9 +233,9 @@ def mask_location(df: pd.DataFrame, title: str | None = None) -> Figure:
     tasks, layers = _order(df["task"]), sorted(df["layer"].unique())
     modules = _order(df["module"], list(MODULE_COLORS))
     colors = _colors(modules, MODULE_COLORS)
-    fig, axes = _grid(1, len(tasks), title or "Where the graft mask sits: share of its entries per layer and module",
-                      sharey=True)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = _facets(len(tasks), title or "Where the graft mask sits: share of its entries per layer and module",
+                        sharey=True)
+    for ax, task in zip(axes, tasks):
         sub = df[df["task"] == task].assign(seed=df["seed"] if "seed" in df else 0)
         seeds = sub["seed"].unique()
         table = (sub.groupby(["seed", "layer", "module"])["share"].sum().unstack("module")
@@ -225,9 +245,10 @@ def mask_location(df: pd.DataFrame, title: str | None = None) -> Figure:
         for m in modules:
             ax.bar(layers, table[m], bottom=bottom, color=colors[m], label=m, width=0.8)
             bottom += table[m].to_numpy()
-        ax.set(title=task, xlabel="layer", ylabel="share of mask entries")
-        ax.set_xticks(layers if len(layers) <= 12 else [l for l in layers if l % 5 == 0])
+        ax.set(title=task)
+        ax.set_xticks(layers if len(layers) <= 12 else [l for l in layers if l % 10 == 0])
         ax.grid(axis="y", alpha=0.3)
+    _outer_labels(axes, min(len(tasks), _MAX_COLS), "layer", "share of mask entries")
     _figure_legend(fig, axes)
     return fig
 
@@ -298,9 +319,6 @@ def reliability_diagrams(df: pd.DataFrame, ece: Mapping | None = None, title: st
     return fig
 
 
-MAX_COLUMNS = 4  # panels per row of a faceted figure: legible at the book's width
-
-
 def metric_bars(df: pd.DataFrame, metric: str, x: str = "variant", hue: str | None = None,
                 col: str | None = "task", title: str | None = None, sharey: bool = True) -> Figure:
     """Grouped bars of ``metric``: mean over seeds, ±1 sd whiskers, one dot per row (seed).
@@ -317,21 +335,20 @@ def metric_bars(df: pd.DataFrame, metric: str, x: str = "variant", hue: str | No
     x_order = _order(df[x], list(VARIANT_COLORS) if x == "variant" else [])
     panels = _order(df[col]) if col else [None]
     label = _LABELS.get(metric, metric.replace("_", " "))
-    n_cols = min(len(panels), MAX_COLUMNS)  # panels wrap into rows, so eight tasks never squeeze into one
-    n_rows = -(-len(panels) // n_cols)
-    fig, axes = _grid(n_rows, n_cols, title or f"{label} by {x} (bars: mean, whiskers: ±1 sd, dots: seeds)",
-                      sharey=sharey)
-    for ax, value in zip(axes.ravel(), panels):
+    fig, axes = _facets(len(panels), title or f"{label} by {x} (bars: mean, whiskers: ±1 sd, dots: seeds)",
+                        sharey=sharey)
+    for ax, value in zip(axes, panels):
         sub = df if value is None else df[df[col] == value]
-        common = dict(data=sub, x=x, y=metric, hue=colour_by, order=x_order, hue_order=hue_order, ax=ax)
+        here = set(sub[x])  # a panel shows only its own categories (a source's own targets)
+        common = dict(data=sub, x=x, y=metric, hue=colour_by, order=[v for v in x_order if v in here],
+                      hue_order=hue_order, ax=ax)
         sns.barplot(**common, palette=palette, errorbar="sd", capsize=0.1, legend=hue is not None)
         sns.stripplot(**common, palette={h: "black" for h in hue_order}, dodge=hue is not None, size=3,
                       alpha=0.6, legend=False)
-        ax.set(title=str(value) if value is not None else label, xlabel="", ylabel=label)
+        ax.set(title=str(value) if value is not None else label)
         ax.tick_params(axis="x", labelrotation=30)
         ax.grid(axis="y", alpha=0.3)
-    for ax in axes.ravel()[len(panels):]:
-        ax.set_visible(False)
+    _outer_labels(axes, min(len(panels), _MAX_COLS), "", label)
     _figure_legend(fig, axes)
     return fig
 
@@ -349,11 +366,9 @@ def ood_accuracy(df: pd.DataFrame, title: str | None = None) -> Figure:
     sources = _order(df["source"])
     variants = _order(df["variant"], list(VARIANT_COLORS))
     palette = variant_palette(variants)
-    n_targets = df.groupby("source")["target"].nunique().max()
-    width = min(_WIDTH, max(_PANEL[0], 1.0 + 1.0 * n_targets) * len(sources))
-    fig, axes = _grid(1, len(sources), title or "Out-of-distribution accuracy (shaded: in-distribution test set)",
-                      width=width, sharey=True)
-    for ax, source in zip(axes[0], sources):
+    fig, axes = _facets(len(sources), title or "Out-of-distribution accuracy (shaded: in-distribution test set)",
+                        sharey=True)
+    for ax, source in zip(axes, sources):
         sub = df[df["source"] == source]
         is_id = sub["in_distribution"].astype(bool) if "in_distribution" in sub else sub["target"] == source
         in_dist = _order(sub.loc[is_id, "target"])
@@ -362,17 +377,19 @@ def ood_accuracy(df: pd.DataFrame, title: str | None = None) -> Figure:
             if t in in_dist:
                 ax.axvspan(i - 0.5, i + 0.5, color="#E8E8E8", zorder=0)
         common = dict(data=sub, x="target", y="accuracy", hue="variant", order=targets, hue_order=variants, ax=ax)
-        sns.pointplot(**common, palette=palette, errorbar="sd", dodge=0.45, linestyle="none", capsize=0.08,
+        sns.pointplot(**common, palette=palette, errorbar="sd", dodge=0.45 if len(variants) > 1 else False,
+                      linestyle="none", capsize=0.08,
                       markers=["o", "s", "D", "^", "v"][:len(variants)], markersize=6, err_kws={"linewidth": 1.5})
         sns.stripplot(**common, palette={v: "black" for v in variants}, dodge=True, size=2.5, alpha=0.5,
                       legend=False, zorder=0)
-        ax.set_xticks(range(len(targets)), [f"{t}\n(in-dist.)" if t in in_dist else t for t in targets],
+        ax.set_xticks(range(len(targets)), [f"{t} (in-dist.)" if t in in_dist else t for t in targets],
                       rotation=35, ha="right", rotation_mode="anchor")
         for tick, t in zip(ax.get_xticklabels(), targets):
             tick.set_fontweight("bold" if t in in_dist else "normal")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}"))
-        ax.set(title=f"trained on {source}", xlabel="evaluated on", ylabel="test accuracy")
+        ax.set(title=f"trained on {source}")
         ax.grid(axis="y", alpha=0.3)
+    _outer_labels(axes, min(len(sources), _MAX_COLS), "evaluated on", "test accuracy")
     _figure_legend(fig, axes)
     return fig
 

@@ -166,8 +166,15 @@ def test_ood_accuracy(tmp_path):
     fig = plots.ood_accuracy(pd.DataFrame(rows))
     assert len(fig.axes) == 2 and all(_titles(fig))
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert ticks[0] == "sst2\n(in-dist.)" and ticks[1:] == ["imdb", "yelp"]
+    assert ticks[0] == "sst2 (in-dist.)" and ticks[1:] == ["imdb", "yelp"]
     _save(fig, tmp_path, "ood")
+    # many panels wrap into rows of at most two, with the axis labels on the outer panels only
+    many = pd.DataFrame([dict(source=s, target=t, variant="graft", seed=13, accuracy=0.7)
+                         for s in ("a", "b", "c") for t in (s, "x")])
+    fig = plots.ood_accuracy(many)
+    shown = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(shown) == 3 and len({round(ax.get_position().y0, 3) for ax in shown}) == 2
+    assert [bool(ax.get_ylabel()) for ax in shown] == [True, False, True]
 
 
 def test_heatmap_and_heatmaps(tmp_path):
