@@ -153,3 +153,31 @@ def test_on_another_cpu_a_step_whose_key_moved_is_compared_with_its_twin(tmp_pat
         (root / reproduce.LEDGER).unlink()
         differences = reproduce.reproduce(root, tmp_path / "reproduce", [part], io.StringIO())
     assert differences and all("is not published" in str(d) for d in differences)
+
+
+def test_the_reproductions_table_renders_each_part_of_the_ledger(tmp_path):
+    """The book's Reproductions page: one row per part, recorded or not, with what its record says."""
+    import json
+    import shutil
+
+    from skillgraft import reproduce
+    from skillgraft.parameters import repo_root
+
+    results = tmp_path / "results"
+    shutil.copytree(repo_root() / "results", results)
+    text = reproduce.table(results)
+    lines = text.strip().splitlines()
+    labels = [p.label for p in reproduce.parts()]
+    assert len(lines) == 2 + len(labels)
+    assert all(line.count(" | ") == 9 for line in lines[2:])          # ten cells: no pipe inside one
+    book = json.loads((results / "REPRODUCED.json").read_text())["parts"]
+    for label, line in zip(labels, lines[2:]):
+        assert line.startswith(f"| {label} | ")
+        assert ("| not reproduced |" in line) == (label not in book)
+    # a republished entry makes its part's record stale, and the table says so
+    book_04 = book["04"]
+    name = next(iter(book_04["entries"]))
+    ledger = json.loads((results / "REPRODUCED.json").read_text())
+    ledger["parts"]["04"]["entries"][name] = "0" * 64
+    (results / "REPRODUCED.json").write_text(json.dumps(ledger))
+    assert "were republished or dropped since it was reproduced" in reproduce.table(results).splitlines()[2]

@@ -7,6 +7,8 @@
 - The page ``book/execution``: per chapter, when its committed outputs were executed, how
   long that took and the parameters it ran with, read from the notebooks' papermill
   metadata at build time (so the page cannot disagree with the notebooks).
+- The page ``book/reproductions``: the reproduction ledger (``results/REPRODUCED.json``) as
+  :func:`skillgraft.reproduce.table` renders it, read at build time.
 - The compendium's own source: an archive of the commit the book was built from (``git archive``:
   the package, the notebooks with their outputs, ``results/``), written beside the pages as
   ``_static/skillgraft-<commit>.tar.gz``; the pages that say ``<!-- source archive -->`` link it with
@@ -109,6 +111,12 @@ def _source_read(app, docname: str, source: list[str]) -> None:
         source[0] = source[0].replace("<!-- commit -->", archive["commit"] if archive else "unknown")
     if docname == "book/execution":
         source[0] = source[0].replace("<!-- execution table -->", execution_table())
+    if docname == "book/reproductions":
+        from skillgraft import reproduce
+
+        results = ROOT / "results"
+        source[0] = source[0].replace("<!-- reproductions summary -->", reproduce.summary(results).rstrip(".") + ".")
+        source[0] = source[0].replace("<!-- reproductions table -->", reproduce.table(results))
     if docname == "book/rerunning":
         source[0] = re.sub(r"<!-- parameters (\w+) -->", lambda m: parameter_table(m.group(1)), source[0])
 
