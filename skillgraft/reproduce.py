@@ -289,6 +289,7 @@ def reproduce(results: Path, store_root: Path, todo: list[Part] | None = None, s
     does not match (none recorded then), or an empty list."""
     from . import publishing
     from .files import atomic
+    from .progress import Watcher
     from .store import Store
 
     stream = stream or sys.stderr
@@ -305,7 +306,11 @@ def reproduce(results: Path, store_root: Path, todo: list[Part] | None = None, s
             continue
         stream.write(f"reproduce: {part.label}: {why}; computing {', '.join(part.pages)} from nothing in {store_root}\n")
         start = time.perf_counter()
-        with _environment(SKILLGRAFT_RESULTS="off", SKILLGRAFT_STORE=str(store_root)):
+        left = [p.label for p in todo[todo.index(part) + 1:]]
+        stream.write(f"reproduce: {part.label}: then {', '.join(left) if left else 'nothing'} left\n")
+        # which fine-tune, graft or prediction runs and how far along, as `skillgraft run` shows it
+        with _environment(SKILLGRAFT_RESULTS="off", SKILLGRAFT_STORE=str(store_root)), \
+                Watcher(f"reproduce {part.label}", stream):
             resolved, _, threads = publishing.resolve_pages(part.pages, stream)
         wall = time.perf_counter() - start
         store = Store(store_root)

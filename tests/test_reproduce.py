@@ -23,8 +23,14 @@ def test_a_part_recomputed_from_nothing_is_recorded_then_skipped(tmp_path, param
     part = _part(params)
     assert reproduce.check(root, [part]) == ["mr: not reproduced"]
     store = tmp_path / "reproduce"
+    shown = io.StringIO()
     with torch_threads(2):
-        assert reproduce.reproduce(root, store, [part], io.StringIO()) == []
+        assert reproduce.reproduce(root, store, [part], shown) == []
+    # what a person sees while a part computes: what is left, the stages its steps report, the part's end (the
+    # steps here are quicker than the watcher's polling, so only the end line is certain; it knows they ran)
+    assert "reproduce: mr: then nothing left" in shown.getvalue()
+    assert "[reproduce mr] done in" in shown.getvalue() and "no fine-tune, graft or prediction computed" not in \
+        shown.getvalue()
     record = reproduce.ledger(root)["parts"]["mr"]
     layer = pub.Published(root)
     assert record["entries"] and set(record["entries"]) == layer.claimed()  # every entry the page uses, compared
