@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import metrics
 
-__all__ = ["MIN_UNITS", "hierarchical", "per_unit", "ece_binned", "VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "no_room", "across", "tally", "point", "majority", "ANALYSES", "robust_row", "forest_frame", "memo", "Interval", "Verdict", "bootstrap", "correctness", "accuracy_interval", "accuracy_gap", "ece_gap",
+__all__ = ["MIN_UNITS", "hierarchical", "per_unit", "ece_binned", "VERDICTS", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTABLE", "side", "combine", "no_room", "across", "tally", "verdict_first", "point", "majority", "ANALYSES", "robust_row", "forest_frame", "memo", "Interval", "Verdict", "bootstrap", "correctness", "accuracy_interval", "accuracy_gap", "ece_gap",
            "ece_reduction"]
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTABLE = "holds", "fails", "inconclusive", "not testable here"
@@ -161,6 +161,13 @@ def robust_row(claim: str, analysis: str, verdict: str, interval: "Interval | No
     alternative named in ``note``), its verdict and the estimate it rests on (``estimand``: what that number is)."""
     return {"claim": claim, "analysis": analysis, "verdict": verdict, "note": note, "estimand": estimand,
             "estimate": interval.fmt(spec, scale, unit) if interval is not None else "—"}
+
+
+def verdict_first(frame: pd.DataFrame, by: str = "task") -> pd.DataFrame:
+    """A claim's table with its verdict columns right after the unit's name (``by``), so that a reader sees them
+    without scrolling a wide table sideways."""
+    first = [by] + [c for c in frame.columns if c.endswith("verdict")]
+    return frame[first + [c for c in frame.columns if c not in first]]
 
 
 def tally(per_task: dict[str, "Verdict"]) -> dict[str, int]:

@@ -311,3 +311,11 @@ def test_intervals_pool_tasks_with_other_numbers_of_classes():
     assert (scored.estimate, scored.low, scored.high) == (gap.estimate, gap.low, gap.high)
     with pytest.raises(ValueError, match="confidence and correct must be non-empty"):
         metrics.ece_top(np.ones(3), np.ones(2))
+
+
+def test_a_claims_table_shows_its_verdicts_right_after_the_unit():
+    import pandas as pd
+
+    frame = pd.DataFrame([dict(task="mr", family="sentiment", gain="+1", verdict="holds", top_verdict="fails")])
+    assert list(vd.verdict_first(frame).columns) == ["task", "verdict", "top_verdict", "family", "gain"]
+    assert list(vd.verdict_first(frame.rename(columns={"task": "source"}), "source").columns)[:2] == ["source", "verdict"]

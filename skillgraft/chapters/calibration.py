@@ -160,7 +160,7 @@ def by_task(cal: Calibration, n_bins: int = 10, **kw) -> pd.DataFrame:
                          confidence_fine_tuned=mean("fine-tuned", "confidence"), confidence_graft=mean("graft", "confidence"),
                          ece_gap=gap.cell("+.3f"), reduction=red.cell(".0%"),
                          verdict=(rule(red, gap).verdict if task == "pooled" or task in names else verdicts.UNTESTABLE)))
-    return pd.DataFrame(rows)
+    return verdicts.verdict_first(pd.DataFrame(rows))
 
 
 def forest(cal: Calibration, n_bins: int = 10, **kw) -> pd.DataFrame:

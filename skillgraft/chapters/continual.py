@@ -266,11 +266,11 @@ def by_sequence(results: list[Continual], method: str = "graft (task known)", **
     if len(tested) > 1:
         rows.append(("pooled", pool, tested, True))
     fmt = lambda i: i.cell("+.1f", 100, " pt") if i is not None else "—"
-    return pd.DataFrame([dict(sequence=label, families=families([t for r in on for t in _sequence(r)]),
+    return verdicts.verdict_first(pd.DataFrame([dict(sequence=label, families=families([t for r in on for t in _sequence(r)]),
                               seeds=len({s for r in on for s in r.probs.values("seed")}), forgetting=fmt(forgot),
                               backward_transfer_gap=fmt(bwt), final_accuracy_gap=fmt(acc),
                               verdict=rule(bwt, acc, forgot).verdict if counts else verdicts.UNTESTABLE)
-                         for label, (bwt, acc, forgot), on, counts in rows])
+                         for label, (bwt, acc, forgot), on, counts in rows]), "sequence")
 
 
 def forest(results: list[Continual], method: str = "graft (task known)", **kw) -> pd.DataFrame:

@@ -179,7 +179,7 @@ def by_source(result: OOD, **kw) -> pd.DataFrame:
                          graft_minus_fine_tuned=overall.cell("+.1f", 100, " pt") if overall is not None else "—",
                          verdict=(rule(overall, per_target, room_).verdict if source == "pooled" or source in room
                                   else verdicts.UNTESTABLE)))
-    return pd.DataFrame(rows)
+    return verdicts.verdict_first(pd.DataFrame(rows), "source")
 
 
 def forest(result: OOD, **kw) -> pd.DataFrame:

@@ -278,7 +278,7 @@ def by_task(result: SingleTask, start: str, target: float, **kw) -> pd.DataFrame
                          top_verdict=top_part(v) if task == "pooled" or task in judged else verdicts.UNTESTABLE,
                          verdict=(task_rule(v) if task == "pooled" else judged[task].verdict if task in judged
                                   else verdicts.UNTESTABLE)))
-    return pd.DataFrame(rows)
+    return verdicts.verdict_first(pd.DataFrame(rows))
 
 
 def forest(result: SingleTask, start: str, target: float, **kw) -> pd.DataFrame:
