@@ -194,10 +194,11 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _like(a, b, keys: dict[str, str]) -> bool:
+def _like(a, b, keys: dict[str, str], field: str = "") -> bool:
     """Whether spec ``a`` (recomputed) asks for what spec ``b`` (published) does: its inputs are
-    ``b``'s (through ``keys``, recomputed key -> published key) and its numbers equal within the
-    graft-size tolerance (a baseline sized like a graft whose size moved by an entry or two)."""
+    ``b``'s (through ``keys``, recomputed key -> published key), its sparsity equal within the
+    graft-size tolerance (a baseline sized like a graft whose size moved by an entry or two), and every
+    other value (a learning rate, a seed) exactly equal."""
     from .publishing import TOLERANCE
 
     if isinstance(a, dict) and isinstance(b, dict):
@@ -205,10 +206,10 @@ def _like(a, b, keys: dict[str, str]) -> bool:
             return False
         if "key" in a and "recipe" in a and keys.get(a["key"], a["key"]) != b["key"]:
             return False
-        return all(k == "key" or _like(a[k], b[k], keys) for k in a)
+        return all(k == "key" or _like(a[k], b[k], keys, k) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_like(x, y, keys) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float):
+        return len(a) == len(b) and all(_like(x, y, keys, field) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and field == "sparsity":
         return math.isclose(a, b, rel_tol=TOLERANCE["mask_size"])
     return a == b
 

@@ -187,3 +187,13 @@ def test_the_reproductions_table_renders_each_part_of_the_ledger(tmp_path):
     ledger["parts"]["04"]["entries"][name] = "0" * 64
     (results / "REPRODUCED.json").write_text(json.dumps(ledger))
     assert "were republished or dropped since it was reproduced" in reproduce.table(results).splitlines()[2]
+
+
+def test_a_twin_differs_only_in_its_sparsity_within_the_tolerance():
+    from skillgraft.reproduce import _like
+
+    spec = {"delta": {"recipe": "FineTune", "key": "a"}, "sparsity": 1.0e-5, "graft": {"lr": 1e8, "seed": 0}}
+    assert _like({**spec, "sparsity": 1.05e-5}, spec, {})                       # a graft one entry larger
+    assert not _like({**spec, "sparsity": 1.2e-5}, spec, {})
+    assert not _like({**spec, "graft": {"lr": 1.05e8, "seed": 0}}, spec, {})     # another learning rate: no twin
+    assert _like({**spec, "delta": {"recipe": "FineTune", "key": "b"}}, spec, {"b": "a"})
