@@ -150,29 +150,27 @@ def summary(results: Path) -> str:
 def table(results: Path, todo: list[Part] | None = None) -> str:
     """The ledger as a Markdown table for the book's Reproductions page: one row per part (in
     :func:`parts`' order), whether its record is current, where and when it was reproduced (the CPU, and the
-    numerics fingerprint with vendor and capability where the record has one), its entries, how many were
-    bit for bit and within the tolerance, the largest gaps, what its steps cost, and whether the claims were
-    compared."""
+    numerics fingerprint where the record has one), its entries (bit for bit / within the tolerance), the
+    largest gaps, what its steps cost, and whether its claims were compared."""
     layer = pub.Published(results)
     book = ledger(results)["parts"]
-    rows = ["| part | status | machine | date | entries | bit for bit | within the tolerance | largest gaps | "
-            "computed | claims compared |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| part | status | machine | date | entries: exact / within | largest gaps | computed | claims |",
+            "|---|---|---|---|---|---|---|---|"]
+    short = {"mean_abs_prob": "Δp", "accuracy": "acc.", "mask_size": "size"}
     for part in parts() if todo is None else todo:
         record = book.get(part.label)
         why = current(record, part, layer)
         if record is None:
-            rows.append(f"| {part.label} | {why} | — | — | — | — | — | — | — | — |")
+            rows.append(f"| {part.label} | {why} | — | — | — | — | — | — |")
             continue
         m = record.get("machine", {})
-        where = m.get("cpu") or m.get("arch", "?")
-        where += (f" (fingerprint `{m['fingerprint']}`, {m.get('vendor', '?')}, {m.get('capability', '?')})"
-                  if m.get("fingerprint") else " (no numerics fingerprint recorded)")
-        gaps = ", ".join(f"{_GAPS[k]} {v:.3g}" for k, v in sorted(record.get("largest", {}).items())
-                         if k in _GAPS).replace("|", "\\|")  # a pipe inside a cell would end it
+        where = (m.get("cpu") or m.get("arch", "?")).replace("(R)", "")
+        where += f", `{m['fingerprint']}`" if m.get("fingerprint") else ", no fingerprint"
+        gaps = ", ".join(f"{short[k]} {v:.2g}" for k, v in sorted(record.get("largest", {}).items()) if k in short)
         rows.append(f"| {part.label} | {'current' if why is None else why} | {where}, {record.get('threads')} threads | "
-                    f"{record['date'][:10]} | {len(record['entries'])} | {record['bit_for_bit']} | "
+                    f"{record['date'][:10]} | {len(record['entries'])}: {record['bit_for_bit']} / "
                     f"{record.get('within_tolerance', 0)} | {gaps or '—'} | {record['compute_seconds'] / 3600:.2f} h | "
-                    f"{record.get('claims', 'not yet: recorded before claim-level comparison')} |")
+                    f"{record.get('claims', 'not yet')} |")
     return "\n".join(rows) + "\n"
 
 

@@ -175,7 +175,7 @@ def test_the_reproductions_table_renders_each_part_of_the_ledger(tmp_path):
     lines = text.strip().splitlines()
     labels = [p.label for p in reproduce.parts()]
     assert len(lines) == 2 + len(labels)
-    assert all(line.count(" | ") == 9 for line in lines[2:])          # ten cells: no pipe inside one
+    assert all(line.count(" | ") == 7 for line in lines[2:])          # eight cells: no pipe inside one
     book = json.loads((results / "REPRODUCED.json").read_text())["parts"]
     for label, line in zip(labels, lines[2:]):
         assert line.startswith(f"| {label} | ")

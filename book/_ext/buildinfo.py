@@ -56,6 +56,9 @@ def source_archive(folder: Path) -> dict | None:
         return None
     name = f"skillgraft-{commit[:12]}.tar.gz"
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("skillgraft-*.tar.gz"):  # earlier builds' commits: only this one ships
+        if old.name != name:
+            old.unlink()
     path = folder / name
     with open(path, "wb") as out:
         subprocess.run(["git", "archive", "--format=tar.gz", f"--prefix=skillgraft-{commit[:12]}/", commit], cwd=ROOT,
@@ -131,6 +134,9 @@ def _build_finished(app, exception) -> None:
     if exception is None and archive is not None:
         target = Path(app.outdir) / "_static" / archive["name"]
         target.parent.mkdir(parents=True, exist_ok=True)
+        for old in target.parent.glob("skillgraft-*.tar.gz"):  # an earlier build's archive is not this book's
+            if old.name != target.name:
+                old.unlink()
         shutil.copyfile(archive["path"], target)
 
 
