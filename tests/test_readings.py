@@ -53,6 +53,14 @@ def test_evidence_counts_tasks_families_and_seeds():
     assert "1 data seed;" in common.evidence(["mr"], [13], 100)
 
 
+def test_a_scope_says_in_a_few_words_what_a_verdict_rests_on():
+    assert common.scope(["mr", "sms", "mr"], [13, 21]) == "2 tasks in 2 families × 2 seeds"
+    assert common.scope(["mr"], [13]) == "1 task in 1 family × 1 seed"
+    assert ood.scope(["mr", "sms"], ["imdb-sent", "spamassassin"], [13]) == "2 sources (2 pairs) in 2 families × 1 seed"
+    assert multitask.scope(["mr", "cr", "sms"], 13) == "3 tasks (3 pairs) in 2 families × 1 seed"
+    assert continual.scope([["mr", "sms"], ["sms", "cr"]], [13, 21]).startswith("2 sequences of 3 tasks in 2 families")
+
+
 def test_ood_evidence_lists_only_pairs_with_the_sources_classes():
     text = ood.evidence(["mr", "sms"], ["imdb-sent", "spamassassin"], [13, 21], 200)
     assert text.startswith("2 source → target pairs from 2 source(s) in 2 families (mr → imdb-sent, sms → spamassassin)")

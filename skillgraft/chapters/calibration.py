@@ -14,7 +14,7 @@ import pandas as pd
 from .. import metrics as mt
 from .. import verdicts
 from ..verdicts import Interval, Verdict
-from .common import Setting, caveats, confidence_words, difference_words, fine_tune_regime, graft_regime, three_models, scores, evidence
+from .common import Setting, caveats, confidence_words, difference_words, fine_tune_regime, graft_regime, three_models, scores, evidence, scope
 from .predictions import Predictions
 
 __all__ = ["ECE_REDUCTION", "Calibration", "run", "calibration", "intervals", "gains", "tested", "rule", "rule_across", "verdict", "by_task", "forest", "robustness", "caveats", "evidence", "reading"]

@@ -18,7 +18,7 @@ from ..finetune import FinetuneConfig
 from ..lab import Variant, get_lab
 from ..localization import GraftConfig
 
-__all__ = ["Setting", "MASK_VARIANTS", "three_models", "fine_tune_regime", "graft_regime", "caveats", "scores", "records", "pooled"]
+__all__ = ["Setting", "MASK_VARIANTS", "three_models", "fine_tune_regime", "graft_regime", "caveats", "scores", "records", "pooled", "scope"]
 
 MASK_VARIANTS = ("graft", "top-movement", "random")
 
@@ -174,6 +174,14 @@ def evidence(tasks: list[str], seeds: list[int], test_size: int) -> str:
     named = ", ".join(f"{t} ({get_task(t).family})" for t in tasks)
     return (f"{len(tasks)} task{'s' * (len(tasks) != 1)} in {families(tasks)}: "
             f"{named}; {len(seeds)} data seed{'s' * (len(seeds) != 1)}; {test_size} test examples per task")
+
+
+def scope(tasks: list[str], seeds: list[int], units: str | None = None) -> str:
+    """What a verdict rests on in a few words, for a table cell: its units (default: the tasks), their families and
+    the seeds ("8 tasks in 5 families × 3 seeds"); :func:`evidence` names them."""
+    tasks = list(dict.fromkeys(tasks))
+    head = units or f"{len(tasks)} task{'s' * (len(tasks) != 1)}"
+    return f"{head} in {families(tasks)} × {len(seeds)} seed{'s' * (len(seeds) != 1)}"
 
 
 def families(tasks: list[str]) -> str:

@@ -374,6 +374,15 @@ def rule(bwt_gap: Interval | None, accuracy_gap_: Interval | None, forgetting: I
     return blocked or Verdict("C5", verdicts.side(accuracy_gap_), tuple(reasons))
 
 
+def scope(sequences: list[list[str]], seeds: list[int]) -> str:
+    """C5's evidence in a few words: sequences, their tasks and families, seeds."""
+    from .common import scope as _scope
+
+    tasks = [t for q in sequences for t in q]
+    return _scope(tasks, seeds, f"{len(sequences)} sequence{'s' * (len(sequences) != 1)} of "
+                                f"{len(dict.fromkeys(tasks))} tasks")
+
+
 def reading(result: Continual, forgetting_: Interval | None) -> str:
     """The chapter's result in words written from ``result``: how much plain sequential
     fine-tuning forgot, each method's backward transfer and final accuracy, the regions' sizes."""

@@ -218,6 +218,14 @@ def robustness(result: MultiTask) -> list[dict]:
                 note=f"ρ's p-value counting the pairs as independent: {text(rho.pvalue)}")]
 
 
+def scope(tasks: list[str], seed: int) -> str:
+    """C4's evidence in a few words: tasks, pairs, families, the one seed."""
+    from .common import scope as _scope
+
+    n = len(dict.fromkeys(tasks))
+    return _scope(tasks, [seed], f"{n} tasks ({n * (n - 1) // 2} pairs)")
+
+
 def reading(result: MultiTask) -> str:
     """The chapter's result in words written from ``result``: the regions' overlap against random
     masks of their sizes, within and across task families, and its rank correlation with task

@@ -235,6 +235,14 @@ def rule_across(per_source: dict[str, tuple], pooled: tuple | None) -> Verdict:
                            untested, unit="source")
 
 
+def scope(sources: list[str], targets: list[str], seeds: list[int]) -> str:
+    """C3's evidence in a few words: sources, pairs, families, seeds."""
+    from .common import scope as _scope
+
+    pairs = sum(t != s and same_labels(s, t) for s in sources for t in targets)
+    return _scope(sources, seeds, f"{len(sources)} sources ({pairs} pairs)")
+
+
 def evidence(sources: list[str], targets: list[str], seeds: list[int], test_size: int) -> str:
     """What C3 rests on: the source → target pairs scored, seeds and test examples."""
     pairs = [f"{s} → {t}" for s in sources for t in targets if t != s and same_labels(s, t)]

@@ -17,7 +17,7 @@ from .. import verdicts
 from ..lab import Variant
 from ..models import num_graftable
 from ..verdicts import Verdict
-from .common import MASK_VARIANTS, Setting, caveats, fine_tune_regime, graft_regime, records, scores, evidence
+from .common import MASK_VARIANTS, Setting, caveats, fine_tune_regime, graft_regime, records, scores, evidence, scope
 from .predictions import Predictions
 
 __all__ = ["RECOVERY", "NORMALIZED", "SingleTask", "run", "single_task", "recovery_table", "sparsity_to_reach",
