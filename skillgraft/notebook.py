@@ -177,8 +177,8 @@ def cost_sentence(page: str, root: str | Path | None = None) -> str:
     cost = page_cost(root, page)
     if cost is None:
         return ""
-    where = Published(root).manifest.get("machine", {})
-    threads = Published(root).threads
+    layer = Published(root)
+    where, threads = layer.manifest.get("machine", {}), layer.threads
     on = f"{where.get('cpu', 'a CPU')}, {threads} torch threads" if threads else "the machine that published them"
     n = cost["untimed"]
     untimed = f", {n} of which {'has' if n == 1 else 'have'} no recorded time" if n else ""
@@ -215,11 +215,7 @@ def glue_robustness(rows: list[dict]) -> None:
 
     claim = rows[0]["claim"][:2].lower()
     glue(f"{claim}_robustness", json.dumps(rows), display=False)
-    primary = rows[0]
-    estimate = primary["estimand"] if primary["estimate"] == "—" else \
-        f"{primary['estimand'].split(';')[0]} {primary['estimate']}" + (
-            f";{primary['estimand'].split(';', 1)[1]}" if ";" in primary["estimand"] else "")
-    glue(f"{claim}_primary", estimate or "—", display=False)
+    glue(f"{claim}_primary", rows[0]["headline"], display=False)
 
 
 def robustness_table(root: str | Path | None = None):

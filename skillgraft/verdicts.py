@@ -156,11 +156,14 @@ ANALYSES = {  # the robustness table's columns: the primary analysis, then the r
 
 
 def robust_row(claim: str, analysis: str, verdict: str, interval: "Interval | None" = None, spec: str = "+.1f",
-               scale: float = 100, unit: str = " pt", note: str = "", estimand: str = "") -> dict:
+               scale: float = 100, unit: str = " pt", note: str = "", estimand: str = "", beside: str = "") -> dict:
     """One row of a claim's robustness table: which analysis (a key of :data:`ANALYSES`, or a claim's own
-    alternative named in ``note``), its verdict and the estimate it rests on (``estimand``: what that number is)."""
-    return {"claim": claim, "analysis": analysis, "verdict": verdict, "note": note, "estimand": estimand,
-            "estimate": interval.fmt(spec, scale, unit) if interval is not None else "—"}
+    alternative named in ``note``), its verdict and the estimate it rests on; ``headline`` is what the results
+    page's first table shows of it: ``estimand`` (what that number is) with the estimate, then ``beside``."""
+    estimate = interval.fmt(spec, scale, unit) if interval is not None else "—"
+    headline = "; ".join(x for x in (f"{estimand} {estimate}" if interval is not None else estimand, beside) if x)
+    return {"claim": claim, "analysis": analysis, "verdict": verdict, "note": note, "estimate": estimate,
+            "headline": headline or "—"}
 
 
 def verdict_first(frame: pd.DataFrame, by: str = "task") -> pd.DataFrame:

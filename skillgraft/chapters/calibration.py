@@ -221,7 +221,7 @@ def robustness(cal: Calibration, n_bins: int = 10, **kw) -> list[dict]:
     every = intervals(cal, n_bins, tasks=list(g), **kw)
     row = verdicts.robust_row
     return [row("C2", "primary", rule(red, gap).verdict, red, ".0%", 1, "",
-                estimand=f"relative ECE reduction; ECE gap {gap.fmt('+.3f')}"),
+                estimand="relative ECE reduction", beside=f"ECE gap {gap.fmt('+.3f')}"),
             row("C2", "point", point, red, ".0%", 1, ""),
             row("C2", "majority", verdicts.majority([rule(*intervals(cal, n_bins, tasks=[t], **kw)).verdict
                                                       for t in names])),

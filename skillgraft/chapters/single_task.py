@@ -311,15 +311,15 @@ def robustness(result: SingleTask, start: str, target: float, **kw) -> list[dict
         return [verdicts.robust_row("C1", "primary", verdicts.UNTESTABLE)]
     pool = pooled_intervals(result, start, target, names, **kw) if len(names) > 1 else per[names[0]]
     # the earlier analysis whole: its own test of which tasks gained (flat, task by task), then its pooled intervals
-    gained = [t for t in sorted(result.probs.values("task")) if _groups(result, t, start, target) and verdicts.accuracy_interval(
-        _groups(result, t, start, target), lambda g, f, z, r, t: f - z, scored=True, **kw).sign > 0]
+    gained = [t for t, groups in _units(result, start, target, sorted(result.probs.values("task"))).items()
+              if verdicts.accuracy_interval(groups, lambda g, f, z, r, t: f - z, scored=True, **kw).sign > 0]
     flat = _flat(result, start, target, gained, **kw)
     every = pooled_intervals(result, start, target, sorted(per), **kw) if len(per) > 1 else pool
     row = verdicts.robust_row
     point = verdicts.HOLDS if (pool["recovery"].estimate >= RECOVERY and
                                pool["normalized"].estimate >= NORMALIZED) else verdicts.FAILS
     return [row("C1", "primary", task_rule(pool), pool["recovery"], ".1%", 1, "",
-                estimand=f"recovery; share of the gain kept {pool['normalized'].fmt('.0%')}"),
+                estimand="recovery", beside=f"share of the gain kept {pool['normalized'].fmt('.0%')}"),
             row("C1", "point", point, pool["recovery"], ".1%", 1, ""),
             row("C1", "majority", verdicts.majority([task_rule(per[t]) for t in names])),
             row("C1", "flat", task_rule(flat), flat["recovery"], ".1%", 1, ""),
